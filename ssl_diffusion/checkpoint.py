@@ -1,0 +1,167 @@
+"""Checkpoints: atomic writes, resumable state, and safe loading of untrusted files.
+
+* ``last.ckpt`` is written to a temporary file and renamed, so a crash never leaves a half
+  file; periodic ``step-N.ckpt`` copies are kept when ``trainer.ckpt_every_n_steps`` > 0.
+* Resume state beyond Lightning's own: batches consumed in the current epoch (the sampler skips
+  them) and the global RNG states, restored right before the first resumed step.
+* Loading uses ``torch.load(weights_only=True)``: a checkpoint carrying a pickled payload is
+  refused, and one from another method or architecture is refused with a message naming both.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from ssl_diffusion.errors import UserError
+
+META_KEY = "ssl_diffusion"  # checkpoint entry holding method, config and data info
+
+
+class AtomicCheckpoint(pl.Callback):
+    def __init__(self, run_dir: Path, every_n_steps: int, periodic_every_n_steps: int = 0,
+                 datamodule: Any = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.every = every_n_steps
+        self.periodic = periodic_every_n_steps
+        self.datamodule = datamodule
+        self.batches_in_epoch = 0
+        self._pending_rng: dict | None = None
+        self.enabled = True  # switched off after a failure so a broken state is never saved
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.ckpt"
+
+    def save(self, trainer: pl.Trainer, path: Path | None = None) -> None:
+        if not self.enabled:
+            return
+        path = path or self.last_path
+        tmp = path.with_name(f".{path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+
+    # -------------------------------------------------------------- Lightning hooks
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending_rng is None:
+            self.batches_in_epoch = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending_rng is not None:  # first step after a resume: continue the RNG stream
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches_in_epoch = batch_idx + 1
+        step = trainer.global_step
+        if self.periodic and step % self.periodic == 0 and step > 0:
+            self.save(trainer, self.run_dir / f"step-{step:07d}.ckpt")
+        if step % self.every == 0:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.batches_in_epoch = 0
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.enabled = False  # never overwrite the last good checkpoint with a failing state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_in_epoch": self.batches_in_epoch, "rng": get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches_in_epoch = int(state.get("batches_in_epoch", 0))
+        self._pending_rng = state.get("rng")
+        if self.datamodule is not None and self.batches_in_epoch:
+            self.datamodule.resume_from_batch(self.batches_in_epoch)
+
+
+def get_rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _python_state_to_tensor(random.getstate()),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_python_state_from_tensor(state["python"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_tensor(state: tuple) -> dict[str, Any]:
+    version, internal, gauss = state
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss}
+
+
+def _python_state_from_tensor(d: dict[str, Any]) -> tuple:
+    return d["version"], tuple(int(v) for v in d["internal"].tolist()), d["gauss"]
+
+
+# ---------------------------------------------------------------------------- safe loading
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with one-line errors for every way a file can be bad."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise UserError(f"checkpoint path {path} is a directory; pass a .ckpt file (e.g. {path}/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - classify the failure for the user
+        text = str(exc)
+        if "Weights only load failed" in text or "weights_only" in text:
+            raise UserError(
+                f"refusing to load {path}: it contains pickled Python objects beyond tensors "
+                f"(unsafe with weights_only=True); only load checkpoints you trust via "
+                f"ssl_diffusion's own tools"
+            ) from None
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({text.splitlines()[0][:120]}); "
+                        f"restore it or use an earlier step-N.ckpt") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"{path} is not a ssl_diffusion/Lightning checkpoint (no state_dict)")
+    if META_KEY not in ckpt:
+        raise UserError(f"{path} was not written by ssl_diffusion (no `{META_KEY}` metadata)")
+    return ckpt
+
+
+def describe(meta: dict[str, Any]) -> str:
+    cfg = meta.get("config", {})
+    arch = meta.get("arch") or cfg.get("backbone", {}).get("name")
+    return f"method `{meta.get('method')}` ({arch})"
+
+
+def check_compatible(ckpt: dict[str, Any], method: str, arch: str | None, path: Path) -> None:
+    meta = ckpt[META_KEY]
+    if meta.get("method") != method or (arch is not None and meta.get("arch") != arch):
+        theirs = describe(meta)
+        raise UserError(
+            f"checkpoint {path} is from {theirs}, but this run is method `{method}` ({arch}); "
+            f"use a checkpoint of the same method/architecture or another run.name"
+        )
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)

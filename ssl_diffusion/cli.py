@@ -1,0 +1,65 @@
+"""Shared CLI plumbing: argument parsing helpers and the one-line error contract.
+
+Every CLI's ``main`` runs inside ``run_cli``: a ``UserError`` prints ``error: <message>`` on one
+line and exits 2; Ctrl-C exits 130; any other exception prints one line naming its type and how
+to see the traceback (``SSL_DIFFUSION_DEBUG=1``) and exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from ssl_diffusion.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
+
+def _worker_message(exc: BaseException) -> str | None:
+    """DataLoader workers re-raise errors with the original traceback in the message."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return None
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    prefix = "ssl_diffusion.errors.UserError: "
+    for p in (prefix, "UserError: ", "NonFiniteLossError: "):
+        if p in last:
+            return last.split(p, 1)[1]
+    return None
+
+
+def _find_user_error(exc: BaseException) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UserError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    debug = os.environ.get("SSL_DIFFUSION_DEBUG", "") not in ("", "0")
+    try:
+        code = main(argv)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except BaseException as exc:  # noqa: BLE001 - the one place that turns errors into one line
+        if debug:
+            raise
+        user = _find_user_error(exc)
+        message = str(user) if user is not None else _worker_message(exc)
+        if message is not None:
+            print(f"error: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}: {first} (internal error; rerun with "
+              f"SSL_DIFFUSION_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(code or 0)

@@ -1,0 +1,158 @@
+"""The Lightning data module every method shares, with a resumable, seeded sampler.
+
+Determinism: the epoch order is a permutation seeded by (seed, epoch); each sample's augmentation
+is drawn from its own RNG seeded by (seed, epoch, position), so neither the worker count nor a
+resume in the middle of an epoch changes which views a step sees.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from ssl_diffusion.data.datasets import Splits
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for one sample draw, decorrelated across (seed, epoch, position)."""
+    mixed = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, position]).generate_state(2)
+    return int(mixed[0]) << 31 ^ int(mixed[1])
+
+
+class ResumableSampler(Sampler):
+    """Seeded epoch permutation, sharded over ranks, that can start mid-epoch.
+
+    Yields ``(index, sample_seed)`` pairs consumed by ``ViewDataset``.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1, drop_last: bool = True) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.epoch = 0
+        self.skip_batches = 0  # set on resume: batches of this epoch already consumed
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip_batches = 0
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        if self.shuffle:
+            return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return np.arange(self.n)
+
+    def per_rank(self) -> int:
+        per_rank = self.n // self.world_size  # equal shards; the remainder is dropped
+        if self.drop_last:
+            per_rank -= per_rank % self.batch_size
+        return per_rank
+
+    def __len__(self) -> int:
+        return max(self.per_rank() - self.skip_batches * self.batch_size, 0)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self._order()
+        per_rank = self.per_rank()
+        shard = order[self.rank :: self.world_size][:per_rank]
+        start = self.skip_batches * self.batch_size
+        self.skip_batches = 0  # only the resumed epoch is shortened
+        for pos in range(start, per_rank):
+            global_pos = pos * self.world_size + self.rank
+            yield int(shard[pos]), sample_seed(self.seed, self.epoch, global_pos)
+
+
+class ViewDataset(Dataset):
+    """Applies a view transform with a per-sample RNG when given ``(index, seed)``."""
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        if isinstance(key, tuple):
+            idx, seed = key
+            img, label = self.base[idx]
+            # Scoped RNG: seeding the augmentation must not disturb the trainer's global RNG.
+            py_state = random.getstate()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                views = self.transform(img)
+            random.setstate(py_state)
+            return views, label
+        img, label = self.base[key]
+        return self.transform(img), label
+
+
+def first_n(dataset: Dataset, n: int | None) -> Dataset:
+    if n is None or n >= len(dataset):
+        return dataset
+    return Subset(dataset, list(range(n)))
+
+
+class SSLDataModule(pl.LightningDataModule):
+    """Train views for the method; eval-transformed bank (train) and val loaders for online eval."""
+
+    def __init__(self, cfg: Any, splits: Splits, train_transform: Callable,
+                 eval_transform: Callable) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.splits = splits
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.sampler: ResumableSampler | None = None
+        self._resume_batches = 0
+
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None,
+                drop_last: bool = False) -> DataLoader:
+        d = self.cfg.data
+        return DataLoader(
+            dataset,
+            batch_size=d.batch_size,
+            sampler=sampler,
+            shuffle=False if sampler is not None else shuffle,
+            drop_last=drop_last,
+            num_workers=d.num_workers,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+            # Own generator: creating an iterator must not consume the global RNG (resume).
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        n = len(self.splits.train)
+        batch = self.cfg.data.batch_size
+        drop_last = n // world >= batch  # tiny datasets keep their only partial batch
+        self.sampler = ResumableSampler(n, self.cfg.seed, True, rank, world, batch, drop_last)
+        self.sampler.skip_batches = self._resume_batches
+        self._resume_batches = 0
+        return self._loader(ViewDataset(self.splits.train, self.train_transform), True,
+                            self.sampler, drop_last)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        e = self.cfg.eval
+        bank = ViewDataset(first_n(self.splits.train, e.bank_size), self.eval_transform)
+        val = ViewDataset(first_n(self.splits.val, e.val_size), self.eval_transform)
+        return [self._loader(bank, False), self._loader(val, False)]
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(ViewDataset(self.splits.test, self.eval_transform), False)
+
+    def resume_from_batch(self, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches of the current epoch (mid-epoch resume)."""
+        self._resume_batches = batches_done
+        if self.sampler is not None:
+            self.sampler.skip_batches = batches_done

@@ -1,0 +1,99 @@
+"""View pipelines shared by every method, built from lightly transforms and sized from the data.
+
+Presets: ``simclr`` (2 views), ``dino`` (2 global + N local views), ``diffusion`` (1 flipped
+view; geometric views for contrastive self-distillation are made on the tensor batch inside the
+method), ``eval`` (no augmentation). The normalisation is chosen by the method: ``dataset``
+(per-channel mean/std) for SimCLR/DINO, ``symmetric`` ([-1, 1]) for diffusion models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+from torchvision import transforms as T
+
+from ssl_diffusion.data.datasets import DataInfo
+from ssl_diffusion.errors import UserError
+
+PRESETS = ("simclr", "dino", "diffusion", "eval")
+Normalization = Literal["dataset", "symmetric"]
+
+
+def normalization(info: DataInfo, kind: Normalization) -> dict[str, list[float]]:
+    if kind == "symmetric":
+        return {"mean": [0.5] * info.channels, "std": [0.5] * info.channels}
+    return {"mean": list(info.mean), "std": list(info.std)}
+
+
+def eval_transform(info: DataInfo, kind: Normalization) -> Callable:
+    norm = normalization(info, kind)
+    return T.Compose([T.ToTensor(), T.Normalize(norm["mean"], norm["std"])])
+
+
+def _blur_prob(aug: Any, size: int) -> float:
+    # Blur destroys most of the signal of tiny images (solo-learn disables it for CIFAR).
+    if aug.blur_prob is not None:
+        return aug.blur_prob
+    return 0.5 if size >= 64 else 0.0
+
+
+def local_crop_size(aug: Any, size: int) -> int:
+    """DINO local crops keep the 96/224 ratio of the paper unless told otherwise."""
+    if aug.local_crop_size is not None:
+        return aug.local_crop_size
+    return max(8, int(round(size * 3 / 7)))
+
+
+class SingleView:
+    """Wraps a transform so that every preset returns a list of views."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, img: Any) -> list:
+        return [self.transform(img)]
+
+
+def train_transform(preset: str, info: DataInfo, aug: Any, kind: Normalization) -> Callable:
+    """A callable mapping one PIL image to a list of view tensors."""
+    size = info.image_size
+    norm = normalization(info, kind)
+    if preset == "simclr":
+        from lightly.transforms import SimCLRTransform
+
+        return SimCLRTransform(
+            input_size=size,
+            cj_prob=aug.cj_prob,
+            cj_strength=aug.cj_strength,
+            min_scale=aug.min_scale,
+            random_gray_scale=aug.gray_prob,
+            gaussian_blur=_blur_prob(aug, size),
+            hf_prob=aug.hflip_prob,
+            normalize=norm,
+        )
+    if preset == "dino":
+        from lightly.transforms import DINOTransform
+
+        blur = _blur_prob(aug, size)
+        return DINOTransform(
+            global_crop_size=size,
+            global_crop_scale=tuple(aug.global_crop_scale),
+            local_crop_size=local_crop_size(aug, size),
+            local_crop_scale=tuple(aug.local_crop_scale),
+            n_local_views=aug.n_local_views,
+            hf_prob=aug.hflip_prob,
+            cj_prob=aug.cj_prob,
+            cj_strength=aug.cj_strength,
+            random_gray_scale=aug.gray_prob,
+            gaussian_blur=(blur * 2, blur * 0.2, blur) if blur else (0.0, 0.0, 0.0),
+            solarization_prob=aug.solarize_prob,
+            normalize=norm,
+        )
+    if preset == "diffusion":
+        return SingleView(
+            T.Compose([T.RandomHorizontalFlip(aug.hflip_prob), T.ToTensor(),
+                       T.Normalize(norm["mean"], norm["std"])])
+        )
+    if preset == "eval":
+        return SingleView(eval_transform(info, kind))
+    raise UserError(f"unknown augmentation preset `{preset}`; choose one of {', '.join(PRESETS)}")

@@ -1,0 +1,194 @@
+"""Builds data, method and trainer from a config, runs pretraining, and reloads checkpoints."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ssl_diffusion.checkpoint import META_KEY, AtomicCheckpoint, check_compatible, load_checkpoint_file
+from ssl_diffusion.config import build
+from ssl_diffusion.data.datasets import DataInfo, Splits, build_splits
+from ssl_diffusion.data.module import SSLDataModule
+from ssl_diffusion.data.transforms import eval_transform, train_transform
+from ssl_diffusion.errors import UserError
+from ssl_diffusion.registry import METHODS
+from ssl_diffusion.run import prepare_run_dir, run_name, update_metrics
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's advice that does not apply to CPU research runs."""
+    import logging
+
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*GPU available but not used.*",
+                    ".*LeafSpec.*", ".*is not resumable.*", ".*sync_dist=True.*",
+                    ".*Trying to infer the `batch_size`.*", ".*TPU available.*",
+                    ".*The number of training batches.*", ".*Checkpoint directory.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def method_class(cfg: Any) -> type:
+    return METHODS.get(cfg.method)
+
+
+def build_method(cfg: Any, info: DataInfo) -> Any:
+    method = method_class(cfg)(cfg, info)
+    method.validate_config()
+    return method
+
+
+def build_datamodule(cfg: Any, splits: Splits, method_cls: type) -> SSLDataModule:
+    preset = cfg.aug.preset or method_cls.default_aug
+    train_tf = train_transform(preset, splits.info, cfg.aug, method_cls.normalization)
+    eval_tf = eval_transform(splits.info, method_cls.normalization)
+    return SSLDataModule(cfg, splits, train_tf, eval_tf)
+
+
+def _loggers(cfg: Any, run_dir: Path, name: str) -> list:
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    w = cfg.logger.wandb
+    if w.enabled and w.mode != "disabled":
+        from pytorch_lightning.loggers import WandbLogger
+
+        id_file = run_dir / "wandb_id.txt"
+        if not id_file.exists():
+            import uuid
+
+            id_file.write_text(uuid.uuid4().hex[:12])
+        loggers.append(WandbLogger(name=name, project=w.project, entity=w.entity, tags=w.tags,
+                                   save_dir=str(run_dir), offline=w.mode == "offline",
+                                   id=id_file.read_text().strip(), resume="allow"))
+    return loggers
+
+
+def make_trainer(cfg: Any, run_dir: Path, callbacks: list, loggers: list | bool) -> Any:
+    import pytorch_lightning as pl
+
+    t, e = cfg.trainer, cfg.eval
+    val_kwargs: dict[str, Any] = {"check_val_every_n_epoch": e.every_n_epochs}
+    if e.every_n_steps > 0:
+        val_kwargs = {"val_check_interval": e.every_n_steps, "check_val_every_n_epoch": None}
+    if not (e.online_knn or e.online_linear):
+        val_kwargs["limit_val_batches"] = 0
+    return pl.Trainer(
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps else None),
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=cfg.optim.grad_clip,
+        deterministic=t.deterministic,
+        enable_checkpointing=False,  # AtomicCheckpoint does it (temp file + rename)
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # ResumableSampler shards by rank itself
+        default_root_dir=str(run_dir),
+        callbacks=callbacks,
+        logger=loggers,
+        **val_kwargs,
+    )
+
+
+def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
+    """Train ``cfg.method`` on ``cfg.data``; resume from ``last.ckpt`` when present."""
+    import pytorch_lightning as pl
+
+    from ssl_diffusion.backbones import count_parameters
+
+    quiet_lightning()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    splits = build_splits(cfg.data)  # data errors surface before any file is written
+    method_cls = method_class(cfg)
+    method = build_method(cfg, splits.info)
+    datamodule = build_datamodule(cfg, splits, method_cls)
+    run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
+    resume = None
+    last = run_dir / "last.ckpt"
+    if cfg.run.resume and last.exists():
+        ckpt = load_checkpoint_file(last)
+        check_compatible(ckpt, cfg.method, method.arch_name(), last)
+        resume = last
+    run_dir = prepare_run_dir(cfg, recipe)
+    ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
+                               cfg.trainer.ckpt_every_n_steps, datamodule)
+    trainer = make_trainer(cfg, run_dir, [ckpt_cb], _loggers(cfg, run_dir, run_dir.name))
+    start = time.time()
+    trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
+                weights_only=True if resume else None)
+    train_time = time.time() - start
+    online = {}
+    if cfg.eval.online_knn or cfg.eval.online_linear:
+        trainer.validate(method, datamodule=datamodule, verbose=False)
+        online = dict(method.last_online_metrics)
+    world = trainer.world_size
+    result = {
+        "method": cfg.method,
+        "dataset": cfg.data.name,
+        "recipe": str(recipe) if recipe else None,
+        "steps": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "images_seen": int(trainer.global_step) * cfg.data.batch_size * world,
+        "params": count_parameters(method) - (count_parameters(method.online_linear)
+                                               if method.online_linear is not None else 0),
+        "train_wall_time_s": round(train_time, 2),
+        "online": online,
+        "online_protocol": {
+            "knn_k": 20 if 20 in cfg.eval.knn.k else cfg.eval.knn.k[0] if hasattr(cfg.eval, "knn") else 20,
+            "knn_temperature": cfg.eval.knn.temperature if hasattr(cfg.eval, "knn") else 0.07,
+            "bank_size": len(datamodule.val_dataloader()[0].dataset),
+            "val_size": len(datamodule.val_dataloader()[1].dataset),
+            "split": "val",
+        },
+    }
+    if trainer.is_global_zero:
+        update_metrics(run_dir, {"pretrain": result})
+    return {"run_dir": str(run_dir), **result}
+
+
+@dataclass
+class LoadedMethod:
+    method: Any  # the SSLMethod in eval mode
+    cfg: Any  # the config it was trained with
+    info: DataInfo
+    ckpt: dict[str, Any]  # the raw checkpoint (weights_only-loaded)
+    path: Path
+
+
+def load_method(path: str | Path, overrides: list[str] = ()) -> LoadedMethod:
+    """Rebuild a method from its checkpoint (config and data info are stored inside)."""
+    from ssl_diffusion.config import check_mapping, deep_merge, parse_override
+    from ssl_diffusion.schema import root_schema, validate_config
+
+    path = Path(path)
+    ckpt = load_checkpoint_file(path)
+    meta = ckpt[META_KEY]
+    schema = root_schema()
+    data = check_mapping(meta["config"], schema, f"the config stored in {path}")
+    for text in overrides:
+        key, value = parse_override(text, schema)
+        from ssl_diffusion.config import _nest
+
+        data = deep_merge(data, check_mapping(_nest(key, value), schema, "the command line"))
+    cfg = build(schema, data)
+    validate_config(cfg)
+    info = DataInfo(**meta["data_info"])
+    method = method_class(cfg)(cfg, info)
+    missing, unexpected = method.load_state_dict(ckpt["state_dict"], strict=False)
+    if unexpected or [k for k in missing if not k.startswith("online_linear")]:
+        raise UserError(f"checkpoint {path} does not match {meta.get('method')} as built now "
+                        f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    method.eval()
+    return LoadedMethod(method, cfg, info, ckpt, path)
+
+
+__all__ = ["pretrain", "load_method", "build_method", "build_datamodule", "LoadedMethod", "UserError"]
