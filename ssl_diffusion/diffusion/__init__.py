@@ -15,17 +15,27 @@ _EXPORTS = {
     "config": ("AugmentConfig", "DiffusionConfig", "SamplerConfig"),
     "generate": ("check_sampler_config", "classifier_free_guidance", "sample"),
     "objectives": (
-        "DDPMObjective", "DenoiseResult", "EDMObjective", "FlowObjective", "NetInput", "Objective",
+        "DDPMObjective",
+        "DenoiseResult",
+        "EDMObjective",
+        "FlowObjective",
+        "NetInput",
+        "Objective",
         "build_objective",
     ),
     "rng": ("per_sample_randn", "seed_generators", "seeded_randn"),
     "samplers": (
-        "ddim_sampler", "ddpm_ancestral_sampler", "ddpm_sigmas", "euler_sampler", "flow_sigmas",
-        "heun_sampler", "karras_sigmas",
+        "ddim_sampler",
+        "ddpm_ancestral_sampler",
+        "ddpm_sigmas",
+        "euler_sampler",
+        "flow_sigmas",
+        "heun_sampler",
+        "karras_sigmas",
     ),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
+__all__ = [name for names in _EXPORTS.values() for name in names]
 
 
 def __getattr__(name: str) -> Any:

@@ -44,10 +44,14 @@ class AugmentPipe:
     def __init__(self, cfg: AugmentConfig):
         for field in ("p", "xflip", "yflip", "scale", "rotate", "aniso", "translate"):
             if getattr(cfg, field) < 0:
-                raise UserError(f"augment.{field}={getattr(cfg, field)} is invalid; it must be >= 0")
+                raise UserError(
+                    f"augment.{field}={getattr(cfg, field)} is invalid; it must be >= 0"
+                )
         self.cfg = cfg
 
-    def _params(self, n: int, generator: torch.Generator | None, device: torch.device) -> dict[str, Tensor]:
+    def _params(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> dict[str, Tensor]:
         """Draw every random number in a fixed order, whatever is enabled (stable streams)."""
         cfg = self.cfg
 
@@ -67,16 +71,28 @@ class AugmentPipe:
         log_aniso = gate(cfg.aniso) * randn(n) * cfg.aniso_std
         phi = (rand(n) * 2 - 1) * math.pi
         shift = gate(cfg.translate)[:, None] * randn(n, 2) * cfg.translate_std  # (n, 2)
-        return dict(xflip=xflip, yflip=yflip, log_scale=log_scale, theta=theta,
-                    log_aniso=log_aniso, phi=phi, shift=shift)
+        return {
+            "xflip": xflip,
+            "yflip": yflip,
+            "log_scale": log_scale,
+            "theta": theta,
+            "log_aniso": log_aniso,
+            "phi": phi,
+            "shift": shift,
+        }
 
     @staticmethod
     def labels(p: dict[str, Tensor]) -> Tensor:
         cols = [
-            p["xflip"], p["yflip"], p["log_scale"],
-            torch.cos(p["theta"]) - 1, torch.sin(p["theta"]),
-            p["log_aniso"] * torch.cos(p["phi"]), p["log_aniso"] * torch.sin(p["phi"]),
-            p["shift"][:, 0], p["shift"][:, 1],
+            p["xflip"],
+            p["yflip"],
+            p["log_scale"],
+            torch.cos(p["theta"]) - 1,
+            torch.sin(p["theta"]),
+            p["log_aniso"] * torch.cos(p["phi"]),
+            p["log_aniso"] * torch.sin(p["phi"]),
+            p["shift"][:, 0],
+            p["shift"][:, 1],
         ]
         return torch.stack(cols, dim=1)  # (N, 9)
 
@@ -99,7 +115,9 @@ class AugmentPipe:
         theta = theta / half[None, :, None]  # rows: normalised output coordinates ...
         theta[:, :, :2] = theta[:, :, :2] * half[None, None, :]  # ... of normalised input ones
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (N, H, W, 2)
-        out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        out = F.grid_sample(
+            images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
         return out.to(images.dtype)
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Augmented:
@@ -108,7 +126,12 @@ class AugmentPipe:
         p = {k: v.to(images.device) for k, v in self._params(n, generator, device).items()}
         out = torch.where(p["xflip"].bool()[:, None, None, None], images.flip(-1), images)
         out = torch.where(p["yflip"].bool()[:, None, None, None], out.flip(-2), out)
-        geometric = (p["log_scale"] != 0) | (p["theta"] != 0) | (p["log_aniso"] != 0) | (p["shift"] != 0).any(1)
+        geometric = (
+            (p["log_scale"] != 0)
+            | (p["theta"] != 0)
+            | (p["log_aniso"] != 0)
+            | (p["shift"] != 0).any(1)
+        )
         if geometric.any():
             idx = geometric.nonzero().squeeze(1)
             sub = {k: v[idx] for k, v in p.items()}

@@ -20,7 +20,8 @@ SAMPLERS = ("ddpm", "ddim", "euler", "heun")
 class DiffusionConfig:
     """Training objective (noise schedule, preconditioning, loss) of a diffusion model."""
 
-    objective: Literal["ddpm", "edm", "flow"] = "edm"  # formulation; edm for pixel UNets (DDAE), flow for latent DiT (LightningDiT) [spec §4]
+    # formulation: edm for pixel UNets (DDAE), flow for latent DiT (LightningDiT) [spec §4]
+    objective: Literal["ddpm", "edm", "flow"] = "edm"  # ddpm | edm | flow
     # DDPM (Ho et al. 2020; DDAE DDPM configs): linear beta, eps-prediction, c_noise = t / T
     beta_start: float = 1e-4  # beta_1 of the linear schedule [DDPM paper]
     beta_end: float = 0.02  # beta_T of the linear schedule [DDPM paper]
@@ -36,11 +37,12 @@ class DiffusionConfig:
     sigma_max: float | None = None  # largest noise level (sampling starts here), VE sigma
     rho: float = 7.0  # Karras sampling-grid exponent [EDM paper eq. 5]
     # Flow (rectified flow / linear path, velocity prediction; LightningDiT defaults [EXT-CODE])
-    t_mean: float = 0.0  # mean of logit(t) (logit-normal t, i.e. ln(sigma) ~ N(t_mean, t_std^2)) [SD3 / LightningDiT]
+    t_mean: float = 0.0  # mean of logit(t) = ln(sigma) (logit-normal t) [SD3 / LightningDiT]
     t_std: float = 1.0  # std of logit(t) [SD3 / LightningDiT]
-    cosine_loss_weight: float = 0.0  # weight of 1 - cos(v_pred, v) over channels; LightningDiT uses 1.0 [EXT-CODE]
+    cosine_loss_weight: float = 0.0  # weight of 1 - cos(v_hat, v); LightningDiT: 1.0 [EXT-CODE]
     # Ablation knob for the training noise-level distribution (applies to every objective):
-    #   default        = ddpm: uniform integer t; edm: ln(sigma) ~ N(p_mean, p_std^2); flow: logit-normal t
+    #   default        = ddpm: uniform integer t; edm: ln(sigma) ~ N(p_mean, p_std^2);
+    #                    flow: logit-normal t
     #   lognormal      = ln(sigma) ~ N(p_mean, p_std^2), clipped to [sigma_min, sigma_max]
     #   uniform_logsnr = logSNR uniform over [logSNR(sigma_max), logSNR(sigma_min)]
     train_noise: Literal["default", "lognormal", "uniform_logsnr"] = "default"  # [inferred knob]
@@ -50,12 +52,14 @@ class DiffusionConfig:
 class SamplerConfig:
     """How images are generated from a trained denoiser (see ``samplers.py``)."""
 
-    sampler: Literal["ddpm", "ddim", "euler", "heun"] = "heun"  # ODE/SDE solver; EDM deterministic Heun [EDM paper; DDAE]
-    steps: int = 18  # number of steps (Heun NFE = 2*steps-1); EDM CIFAR-10 uses 18, DDAE DDIM 100
+    sampler: Literal["ddpm", "ddim", "euler", "heun"] = "heun"  # solver; EDM/DDAE: Heun
+    steps: int = 18  # number of steps (Heun NFE = 2*steps-1); EDM: 18, DDAE DDIM: 100
     eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 = DDPM posterior noise [DDIM paper]
     cfg: float = 1.0  # classifier-free guidance scale s: x0 = uncond + s*(cond - uncond); 1 = off
-    clip_x0: bool = True  # clip each x0 estimate to [-1, 1] (pixel models only; off for latents) [DDAE]
-    shift: float = 1.0  # multiply every sampling sigma by this; equals the SD3 timestep shift t' = s t / (1 + (s-1) t) for flow [inferred]
+    clip_x0: bool = True  # clip each x0 estimate to [-1, 1]; pixel models only [DDAE]
+    # shift multiplies every sampling sigma; for flow it is the SD3 timestep shift
+    # t' = s t / (1 + (s - 1) t) [inferred]
+    shift: float = 1.0  # sampling-grid shift s; 1 = none
 
 
 @dataclass

@@ -7,6 +7,7 @@ closure here, built once per batch (design.md §2).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,8 @@ from ssl_diffusion.diffusion.samplers import (
 )
 from ssl_diffusion.errors import UserError, did_you_mean
 
-LabelledDenoise = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (x, sigma, class_labels) -> x0
+# (x, sigma, class_labels) -> x0: a conditional denoiser before guidance is applied
+LabelledDenoise = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 def classifier_free_guidance(
@@ -42,11 +44,20 @@ def classifier_free_guidance(
         null_labels = torch.full_like(class_labels, int(null_labels))
 
     def guided(x: Tensor, sigma: Tensor) -> Tensor:
-        x0 = denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([class_labels, null_labels]))
+        x0 = denoise(
+            torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([class_labels, null_labels])
+        )
         cond, uncond = x0.chunk(2)  # (N, C, H, W) each
         return uncond + scale * (cond - uncond)
 
     return guided
+
+
+def _clipped(denoise: Denoise) -> Denoise:
+    def clipped(x: Tensor, sigma: Tensor) -> Tensor:
+        return denoise(x, sigma).clamp(-1.0, 1.0)  # pixel-range x0 (DDAE / EDM sampling)
+
+    return clipped
 
 
 def check_sampler_config(cfg: SamplerConfig) -> None:
@@ -59,7 +70,9 @@ def check_sampler_config(cfg: SamplerConfig) -> None:
     if cfg.steps < 1:
         raise UserError(f"sampler.steps={cfg.steps} is invalid; it must be >= 1")
     if cfg.eta < 0:
-        raise UserError(f"sampler.eta={cfg.eta} is invalid; it must be >= 0 (0 = deterministic DDIM)")
+        raise UserError(
+            f"sampler.eta={cfg.eta} is invalid; it must be >= 0 (0 = deterministic DDIM)"
+        )
     if cfg.cfg < 0:
         raise UserError(f"sampler.cfg={cfg.cfg} is invalid; it must be >= 0 (1 = no guidance)")
     if cfg.shift <= 0:
@@ -101,15 +114,16 @@ def sample(
         if null_label is None:
             null_label = getattr(net, "num_classes", None)
         if null_label is None:
-            raise UserError("classifier-free guidance needs the null class: pass null_label or give the net `num_classes`")
+            raise UserError(
+                "classifier-free guidance needs the null class: pass null_label or give the net `num_classes`"
+            )
     if class_labels is None:
-        denoise: Denoise = lambda x, sigma: labelled(x, sigma, None)  # noqa: E731
+        denoise: Denoise = partial(labelled, labels=None)
     else:
         null = 0 if null_label is None else null_label  # unused when cfg == 1
         denoise = classifier_free_guidance(labelled, class_labels, null, sampler_cfg.cfg)
     if sampler_cfg.clip_x0:
-        unclipped = denoise
-        denoise = lambda x, sigma: unclipped(x, sigma).clamp(-1.0, 1.0)  # noqa: E731
+        denoise = _clipped(denoise)
 
     with torch.no_grad():
         if sampler_cfg.sampler == "heun":
@@ -117,5 +131,14 @@ def sample(
         if sampler_cfg.sampler == "euler":
             return euler_sampler(denoise, noise, sigmas, progress=progress)
         if sampler_cfg.sampler == "ddim":
-            return ddim_sampler(denoise, noise, sigmas, eta=sampler_cfg.eta, generators=generators, progress=progress)
-        return ddpm_ancestral_sampler(denoise, noise, sigmas, generators=generators, progress=progress)
+            return ddim_sampler(
+                denoise,
+                noise,
+                sigmas,
+                eta=sampler_cfg.eta,
+                generators=generators,
+                progress=progress,
+            )
+        return ddpm_ancestral_sampler(
+            denoise, noise, sigmas, generators=generators, progress=progress
+        )

@@ -13,7 +13,9 @@ import torch
 from torch import Tensor
 
 
-def seed_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+def seed_generators(
+    seeds: Sequence[int], device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
     """One freshly seeded ``torch.Generator`` per sample."""
     return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
 
@@ -25,7 +27,9 @@ def per_sample_randn(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """(N, *shape) standard normal noise, row i drawn from ``generators[i]`` (advancing it)."""
-    rows = [torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype) for g in generators]
+    rows = [
+        torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype) for g in generators
+    ]
     return torch.stack(rows).to(device=device)
 
 

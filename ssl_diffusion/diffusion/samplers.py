@@ -73,7 +73,9 @@ def _start(noise: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ----------------------------------------------------------------------------- samplers
-def euler_sampler(denoise: Denoise, noise: Tensor, sigmas: Tensor, progress: Progress | None = None) -> Tensor:
+def euler_sampler(
+    denoise: Denoise, noise: Tensor, sigmas: Tensor, progress: Progress | None = None
+) -> Tensor:
     """Euler on the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma (EDM Alg. 1 w/o
     the correction). In VE space this equals deterministic DDIM and the flow-matching Euler step."""
     x, sigmas = _start(noise, sigmas)
@@ -87,7 +89,9 @@ def euler_sampler(denoise: Denoise, noise: Tensor, sigmas: Tensor, progress: Pro
     return x
 
 
-def heun_sampler(denoise: Denoise, noise: Tensor, sigmas: Tensor, progress: Progress | None = None) -> Tensor:
+def heun_sampler(
+    denoise: Denoise, noise: Tensor, sigmas: Tensor, progress: Progress | None = None
+) -> Tensor:
     """EDM deterministic 2nd-order Heun (Karras et al. 2022, Alg. 1); the last step to sigma=0 is
     Euler, so NFE = 2 * steps - 1 (35 for EDM's 18 steps)."""
     x, sigmas = _start(noise, sigmas)

@@ -15,7 +15,9 @@ from ssl_diffusion.models.base import Denoiser, DenoiserOutput
 class ToyDenoiser(Denoiser):
     """conv -> (+ noise / class / aug embedding) -> conv -> conv, a few thousand parameters."""
 
-    def __init__(self, channels: int = 3, width: int = 16, num_classes: int | None = None, aug_dim: int = 9):
+    def __init__(
+        self, channels: int = 3, width: int = 16, num_classes: int | None = None, aug_dim: int = 9
+    ):
         super().__init__()
         self.layer_names = ["conv_in", "conv_mid", "conv_out"]
         self.feature_dims = {"conv_in": width, "conv_mid": width, "conv_out": channels}
@@ -27,11 +29,15 @@ class ToyDenoiser(Denoiser):
         self.conv_mid = nn.Conv2d(width, width, 3, padding=1)
         self.conv_out = nn.Conv2d(width, channels, 3, padding=1)
 
-    def forward(self, x, noise_labels, class_labels=None, aug_labels=None, taps=(), stop_after=None):
+    def forward(
+        self, x, noise_labels, class_labels=None, aug_labels=None, taps=(), stop_after=None
+    ):
         emb = self.noise_mlp(noise_labels.float()[:, None])  # (N, W)
         if self.class_emb is not None:
             if class_labels is None:
-                class_labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+                class_labels = torch.full(
+                    (x.shape[0],), self.num_classes, dtype=torch.long, device=x.device
+                )
             emb = emb + self.class_emb(class_labels)
         if aug_labels is not None:
             emb = emb + self.aug_proj(aug_labels)
@@ -59,7 +65,9 @@ class FixedPredictionNet(nn.Module):
         super().__init__()
         self.fn = fn
 
-    def forward(self, x, noise_labels, class_labels=None, aug_labels=None, taps=(), stop_after=None):
+    def forward(
+        self, x, noise_labels, class_labels=None, aug_labels=None, taps=(), stop_after=None
+    ):
         return DenoiserOutput(pred=self.fn(x, noise_labels))
 
 
@@ -72,10 +80,24 @@ class CallCounter(nn.Module):
         self.num_classes = getattr(net, "num_classes", None)
         self.batch_sizes: list[int] = []
 
-    def forward(self, x, noise_labels, class_labels=None, aug_labels=None, taps: Sequence[str] = (), stop_after=None):
+    def forward(
+        self,
+        x,
+        noise_labels,
+        class_labels=None,
+        aug_labels=None,
+        taps: Sequence[str] = (),
+        stop_after=None,
+    ):
         self.batch_sizes.append(x.shape[0])
-        return self.net(x, noise_labels, class_labels=class_labels, aug_labels=aug_labels, taps=taps,
-                        stop_after=stop_after)
+        return self.net(
+            x,
+            noise_labels,
+            class_labels=class_labels,
+            aug_labels=aug_labels,
+            taps=taps,
+            stop_after=stop_after,
+        )
 
 
 @pytest.fixture

@@ -32,7 +32,9 @@ def test_ddpm_table_matches_numpy_closed_form():
     sigma = sched.t_to_sigma(t.double())
     np.testing.assert_allclose(sigma.numpy(), np.sqrt((1 - abar[1:]) / abar[1:]), rtol=1e-12)
     # logSNR of a VP schedule is log(abar / (1 - abar)) (VDM); ours is -2 ln sigma
-    np.testing.assert_allclose(logsnr_from_sigma(sigma).numpy(), np.log(abar[1:] / (1 - abar[1:])), rtol=1e-9)
+    np.testing.assert_allclose(
+        logsnr_from_sigma(sigma).numpy(), np.log(abar[1:] / (1 - abar[1:])), rtol=1e-9
+    )
     np.testing.assert_allclose(vp_scale(sigma).numpy(), np.sqrt(abar[1:]), rtol=1e-9)
     assert sched.sigma_min == pytest.approx(np.sqrt(1e-4 / (1 - 1e-4)))
 
@@ -42,12 +44,16 @@ def test_ddpm_continuous_round_trip_and_nearest():
     t = torch.tensor([0.0, 0.25, 1.0, 1.5, 17.3, 500.0, 999.9, 1000.0], dtype=torch.float64)
     np.testing.assert_allclose(sched.sigma_to_t(sched.t_to_sigma(t)).numpy(), t.numpy(), atol=1e-9)
     sigma = torch.tensor([0.004, 0.01001, 0.1, 1.0, 10.0, 150.0], dtype=torch.float64)
-    np.testing.assert_allclose(sched.t_to_sigma(sched.sigma_to_t(sigma)).numpy(), sigma.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(
+        sched.t_to_sigma(sched.sigma_to_t(sigma)).numpy(), sigma.numpy(), rtol=1e-9
+    )
     # between two steps, sigma interpolates ln sigma linearly
     table = numpy_ddpm()
     s = np.sqrt((1 - table) / table)
     expected = np.exp(0.3 * np.log(s[41]) + 0.7 * np.log(s[40]))
-    assert float(sched.t_to_sigma(torch.tensor(40.3, dtype=torch.float64))) == pytest.approx(expected, rel=1e-12)
+    assert float(sched.t_to_sigma(torch.tensor(40.3, dtype=torch.float64))) == pytest.approx(
+        expected, rel=1e-12
+    )
     # nearest: the integer step whose sigma is closest in ln sigma
     probe = torch.tensor([s[40] * 1.0001, s[41] / 1.0001, s[700]], dtype=torch.float64)
     assert sched.sigma_to_t(probe, nearest=True).tolist() == [40.0, 41.0, 700.0]
@@ -63,15 +69,22 @@ def test_flow_and_logsnr_closed_forms():
     np.testing.assert_allclose(flow_sigma_to_t(sigma).numpy(), t, rtol=1e-12)
     np.testing.assert_allclose(logsnr_from_sigma(sigma).numpy(), 2 * np.log((1 - t) / t), rtol=1e-9)
     lam = np.array([-10.0, 0.0, 3.5, 12.0])
-    np.testing.assert_allclose(sigma_from_logsnr(torch.from_numpy(lam)).numpy(), np.exp(-lam / 2), rtol=1e-12)
-    np.testing.assert_allclose(logsnr_from_sigma(sigma_from_logsnr(torch.from_numpy(lam))).numpy(), lam, atol=1e-12)
+    np.testing.assert_allclose(
+        sigma_from_logsnr(torch.from_numpy(lam)).numpy(), np.exp(-lam / 2), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        logsnr_from_sigma(sigma_from_logsnr(torch.from_numpy(lam))).numpy(), lam, atol=1e-12
+    )
 
 
-@pytest.mark.parametrize("objective,ts", [
-    ("ddpm", [1.0, 10.0, 123.4, 1000.0]),
-    ("edm", [0.002, 0.5, 80.0]),
-    ("flow", [0.01, 0.5, 0.99]),
-])
+@pytest.mark.parametrize(
+    "objective,ts",
+    [
+        ("ddpm", [1.0, 10.0, 123.4, 1000.0]),
+        ("edm", [0.002, 0.5, 80.0]),
+        ("flow", [0.01, 0.5, 0.99]),
+    ],
+)
 def test_objective_time_round_trips(objective, ts):
     obj = build_objective(DiffusionConfig(objective=objective))
     t = torch.tensor(ts, dtype=torch.float64)

@@ -25,7 +25,9 @@ def test_edm_preconditioning_matches_paper():
     np.testing.assert_allclose(p.c_out.numpy(), s * sd / np.sqrt(s**2 + sd**2), rtol=1e-12)
     np.testing.assert_allclose(p.c_in.numpy(), 1 / np.sqrt(s**2 + sd**2), rtol=1e-12)
     np.testing.assert_allclose(p.c_noise.numpy(), np.log(s) / 4, rtol=1e-12)
-    np.testing.assert_allclose(obj.loss_weight(torch.from_numpy(s)).numpy(), (s**2 + sd**2) / (s * sd) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(
+        obj.loss_weight(torch.from_numpy(s)).numpy(), (s**2 + sd**2) / (s * sd) ** 2, rtol=1e-12
+    )
 
 
 def test_net_inputs_match_each_parameterisation():
@@ -33,7 +35,9 @@ def test_net_inputs_match_each_parameterisation():
     x0, eps = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
     ddpm = build_objective(DiffusionConfig(objective="ddpm"))
     t = torch.tensor([1, 10, 500, 1000])
-    abar = torch.from_numpy(np.concatenate([[1.0], np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))])[t.numpy()]).float()
+    abar = torch.from_numpy(
+        np.concatenate([[1.0], np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))])[t.numpy()]
+    ).float()
     x_in, c = ddpm.noisy_input(x0, ddpm.t_to_sigma(t.double()).float(), eps)
     ref = abar.sqrt()[:, None, None, None] * x0 + (1 - abar).sqrt()[:, None, None, None] * eps
     torch.testing.assert_close(x_in, ref, atol=1e-5, rtol=1e-5)
@@ -56,7 +60,10 @@ def test_net_inputs_match_each_parameterisation():
 def test_exact_target_denoises_to_x0_with_zero_loss(objective, fixed_prediction_net):
     obj = build_objective(DiffusionConfig(objective=objective, cosine_loss_weight=0.5))
     g = torch.Generator().manual_seed(1)
-    x0, eps = torch.randn(5, 3, 4, 4, generator=g).clamp(-1, 1), torch.randn(5, 3, 4, 4, generator=g)
+    x0, eps = (
+        torch.randn(5, 3, 4, 4, generator=g).clamp(-1, 1),
+        torch.randn(5, 3, 4, 4, generator=g),
+    )
     sigma = torch.tensor([obj.sigma_min * 1.01, 0.06, 0.5, 5.0, 50.0])
     target = obj.train_target(x0, eps, sigma)
     net = fixed_prediction_net(lambda x, c: target)
@@ -79,7 +86,9 @@ def test_edm_loss_is_weighted_x0_error(toy_net):
     x = (x0 + sigma[:, None, None, None] * eps).double().numpy().reshape(3, -1)
     F = out["output"].pred.double().detach().numpy().reshape(3, -1)
     D = sd**2 / (s**2 + sd**2) * x + s * sd / np.sqrt(s**2 + sd**2) * F
-    ref = ((s**2 + sd**2) / (s * sd) ** 2)[:, 0] * ((D - x0.double().numpy().reshape(3, -1)) ** 2).mean(1)
+    ref = ((s**2 + sd**2) / (s * sd) ** 2)[:, 0] * (
+        (D - x0.double().numpy().reshape(3, -1)) ** 2
+    ).mean(1)
     np.testing.assert_allclose(out["loss_per_sample"].detach().numpy(), ref, rtol=1e-4)
     assert out["loss"].item() == pytest.approx(ref.mean(), rel=1e-4)
     assert isinstance(out["output"], DenoiserOutput) and out["output"].selfcond.shape == (3, 16)
@@ -130,7 +139,9 @@ def test_train_sigma_distributions():
     assert lam.min() >= lo - 1e-4 and lam.max() <= hi + 1e-4
     hist = torch.histc(lam, bins=4, min=lo, max=hi) / n
     assert torch.allclose(hist, torch.full((4,), 0.25), atol=0.02)
-    lognormal = build_objective(DiffusionConfig(objective="ddpm", train_noise="lognormal", p_std=3.0))
+    lognormal = build_objective(
+        DiffusionConfig(objective="ddpm", train_noise="lognormal", p_std=3.0)
+    )
     s = lognormal.sample_train_sigma(n, generator=g)
     assert s.min() >= lognormal.sigma_min and s.max() <= lognormal.sigma_max
     a = edm.sample_train_sigma(8, generator=torch.Generator().manual_seed(5))

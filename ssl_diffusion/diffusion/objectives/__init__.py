@@ -31,7 +31,11 @@ def _check_config(cfg: DiffusionConfig) -> None:
             f"{did_you_mean(cfg.train_noise, TRAIN_NOISE)}"
         )
     if not 0 < cfg.beta_start < cfg.beta_end < 1:
-        raise bad("beta_start/beta_end", f"{cfg.beta_start}/{cfg.beta_end}", "0 < beta_start < beta_end < 1")
+        raise bad(
+            "beta_start/beta_end",
+            f"{cfg.beta_start}/{cfg.beta_end}",
+            "0 < beta_start < beta_end < 1",
+        )
     if cfg.num_timesteps < 2:
         raise bad("num_timesteps", cfg.num_timesteps, ">= 2")
     for field in ("sigma_data", "p_std", "t_std", "rho"):
@@ -60,13 +64,13 @@ def build_objective(cfg: DiffusionConfig) -> Objective:
 
 
 __all__ = [
+    "OBJECTIVE_CLASSES",
     "DDPMObjective",
     "DenoiseResult",
     "EDMObjective",
     "EDMPrecond",
     "FlowObjective",
     "NetInput",
-    "OBJECTIVE_CLASSES",
     "Objective",
     "build_objective",
 ]

@@ -95,7 +95,10 @@ class Objective(ABC):
         """(n,) float32 CPU/generator-device noise levels of the objective's own distribution."""
 
     def sample_train_sigma(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
     ) -> Tensor:
         """Draw (n,) training noise levels; ``cfg.train_noise`` can swap the distribution."""
         kind = self.cfg.train_noise
@@ -110,7 +113,9 @@ class Objective(ABC):
             lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
             sigma = (lo + (hi - lo) * u).exp()  # uniform ln(sigma) <=> uniform logSNR
         else:
-            raise UserError(f"unknown diffusion.train_noise `{kind}`; choose default, lognormal or uniform_logsnr")
+            raise UserError(
+                f"unknown diffusion.train_noise `{kind}`; choose default, lognormal or uniform_logsnr"
+            )
         if kind != "default":
             sigma = sigma.clamp(self.sigma_min, self.sigma_max)
         return sigma.to(device=device, dtype=torch.float32)
@@ -133,7 +138,9 @@ class Objective(ABC):
         """The value of ``pred`` that makes ``pred_to_x0`` return x0 exactly."""
 
     @abstractmethod
-    def diffusion_loss(self, pred: Tensor, x0: Tensor, noise: Tensor, sigma: Tensor) -> dict[str, Tensor]:
+    def diffusion_loss(
+        self, pred: Tensor, x0: Tensor, noise: Tensor, sigma: Tensor
+    ) -> dict[str, Tensor]:
         """Per-sample (N,) loss terms; must contain ``loss_diffusion``."""
 
     def extra_loss_weights(self) -> dict[str, float]:
@@ -196,4 +203,3 @@ class Objective(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma in [{self.sigma_min:g}, {self.sigma_max:g}])"
-

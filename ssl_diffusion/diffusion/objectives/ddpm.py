@@ -57,5 +57,7 @@ class DDPMObjective(Objective):
     def train_target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
         return noise
 
-    def diffusion_loss(self, pred: Tensor, x0: Tensor, noise: Tensor, sigma: Tensor) -> dict[str, Tensor]:
+    def diffusion_loss(
+        self, pred: Tensor, x0: Tensor, noise: Tensor, sigma: Tensor
+    ) -> dict[str, Tensor]:
         return {"loss_diffusion": mean_flat((pred - noise) ** 2)}  # DDPM L_simple

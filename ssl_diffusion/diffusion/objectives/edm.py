@@ -73,6 +73,8 @@ class EDMObjective(Objective):
         x_ve = x0 + bcast(sigma, x0) * noise
         return (x0 - bcast(p.c_skip, x0) * x_ve) / bcast(p.c_out, x0)  # EDM eq. 8 effective target
 
-    def diffusion_loss(self, pred: Tensor, x0: Tensor, noise: Tensor, sigma: Tensor) -> dict[str, Tensor]:
+    def diffusion_loss(
+        self, pred: Tensor, x0: Tensor, noise: Tensor, sigma: Tensor
+    ) -> dict[str, Tensor]:
         x0_hat = self.pred_to_x0(x0 + bcast(sigma, x0) * noise, sigma, pred)
         return {"loss_diffusion": self.loss_weight(sigma) * mean_flat((x0_hat - x0) ** 2)}

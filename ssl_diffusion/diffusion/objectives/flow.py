@@ -25,7 +25,8 @@ class FlowObjective(Objective):
     def __init__(self, cfg: DiffusionConfig):
         super().__init__(cfg)
         self.sigma_min = 0.002 if cfg.sigma_min is None else cfg.sigma_min  # t ~ 0.002
-        self.sigma_max = 999.0 if cfg.sigma_max is None else cfg.sigma_max  # t = 0.999; t = 1 is sigma = inf
+        # t = 0.999; t = 1 (pure noise) would be sigma = inf
+        self.sigma_max = 999.0 if cfg.sigma_max is None else cfg.sigma_max
 
     def t_to_sigma(self, t: Tensor | float) -> Tensor:
         return flow_t_to_sigma(t)
@@ -55,7 +56,9 @@ class FlowObjective(Objective):
         w = self.cfg.cosine_loss_weight
         return {"loss_cosine": w} if w > 0 else {}
 
-    def diffusion_loss(self, pred: Tensor, x0: Tensor, noise: Tensor, sigma: Tensor) -> dict[str, Tensor]:
+    def diffusion_loss(
+        self, pred: Tensor, x0: Tensor, noise: Tensor, sigma: Tensor
+    ) -> dict[str, Tensor]:
         v = noise - x0
         terms = {"loss_diffusion": mean_flat((pred - v) ** 2)}
         if self.cfg.cosine_loss_weight > 0:  # per-pixel direction of v over channels
