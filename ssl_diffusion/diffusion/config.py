@@ -54,7 +54,9 @@ class SamplerConfig:
 
     sampler: Literal["ddpm", "ddim", "euler", "heun"] = "heun"  # solver; EDM/DDAE: Heun
     steps: int = 18  # number of steps (Heun NFE = 2*steps-1); EDM: 18, DDAE DDIM: 100
-    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 = DDPM posterior noise [DDIM paper]
+    # stochasticity, 0 = deterministic: DDIM eta (1 = DDPM posterior noise) [DDIM paper];
+    # for heun EDM churn gamma = (sqrt(2) - 1) * eta [DDAE-CODE]
+    eta: float = 0.0  # sampler stochasticity in [0, 1]
     cfg: float = 1.0  # classifier-free guidance scale s: x0 = uncond + s*(cond - uncond); 1 = off
     clip_x0: bool = True  # clip each x0 estimate to [-1, 1]; pixel models only [DDAE]
     # shift multiplies every sampling sigma; for flow it is the SD3 timestep shift

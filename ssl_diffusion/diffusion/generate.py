@@ -6,6 +6,7 @@ closure here, built once per batch (design.md §2).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -92,6 +93,7 @@ def sample(
 ) -> Tensor:
     """Generate images (N, C, H, W) from unit-variance ``noise`` (N, C, H, W) without gradients.
 
+    Pass float64 ``noise`` to integrate in float64 (EDM / DDAE do); images come back in its dtype.
     ``generators`` (one per sample, ``rng.seed_generators``) feed the stochastic samplers so the
     result for a seed does not depend on the batch. ``sigmas`` overrides the objective's grid
     (``objective.sampling_sigmas(steps) * shift``). ``null_label`` is the unconditional class
@@ -103,7 +105,8 @@ def sample(
         sigmas = objective.sampling_sigmas(sampler_cfg.steps) * sampler_cfg.shift
 
     def labelled(x: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
-        return objective.denoise(net, x, sigma, class_labels=labels).x0
+        # the sampler state may be float64 (as in EDM); the network always sees float32
+        return objective.denoise(net, x.float(), sigma, class_labels=labels).x0.to(x.dtype)
 
     if sampler_cfg.cfg != 1.0:
         if class_labels is None:
@@ -127,7 +130,10 @@ def sample(
 
     with torch.no_grad():
         if sampler_cfg.sampler == "heun":
-            return heun_sampler(denoise, noise, sigmas, progress=progress)
+            churn = (math.sqrt(2.0) - 1.0) * sampler_cfg.eta  # DDAE's mapping of eta to EDM gamma
+            return heun_sampler(
+                denoise, noise, sigmas, churn=churn, generators=generators, progress=progress
+            )
         if sampler_cfg.sampler == "euler":
             return euler_sampler(denoise, noise, sigmas, progress=progress)
         if sampler_cfg.sampler == "ddim":

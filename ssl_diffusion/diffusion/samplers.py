@@ -12,6 +12,7 @@ sample depends only on its own seed, not on the batch it was generated in (as in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -90,15 +91,29 @@ def euler_sampler(
 
 
 def heun_sampler(
-    denoise: Denoise, noise: Tensor, sigmas: Tensor, progress: Progress | None = None
+    denoise: Denoise,
+    noise: Tensor,
+    sigmas: Tensor,
+    churn: float = 0.0,
+    churn_range: tuple[float, float] = (0.0, math.inf),
+    generators: Sequence[torch.Generator] | None = None,
+    progress: Progress | None = None,
 ) -> Tensor:
-    """EDM deterministic 2nd-order Heun (Karras et al. 2022, Alg. 1); the last step to sigma=0 is
-    Euler, so NFE = 2 * steps - 1 (35 for EDM's 18 steps)."""
+    """EDM 2nd-order Heun (Karras et al. 2022, Alg. 1; Alg. 2 when ``churn`` > 0).
+
+    The last step to sigma = 0 is Euler, so NFE = 2 * steps - 1 (35 for EDM's 18 steps).
+    ``churn`` is EDM's gamma: for sigma in ``churn_range`` the state is first re-noised to
+    sigma_hat = (1 + gamma) sigma (DDAE sets gamma = (sqrt(2) - 1) * eta); 0 is deterministic.
+    """
     x, sigmas = _start(noise, sigmas)
     steps = len(sigmas) - 1
     for i in range(steps):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = (x - denoise(x, _step_sigma(sigmas[i], x))) / s
+        if churn > 0 and churn_range[0] <= s <= churn_range[1]:
+            s_hat = s * (1.0 + churn)
+            x = x + (s_hat**2 - s**2) ** 0.5 * _randn_like(x, generators)
+            s = s_hat
+        d = (x - denoise(x, _step_sigma(torch.tensor(s), x))) / s  # (N, C, H, W)
         x_next = x + (s_next - s) * d
         if s_next > 0:
             d_next = (x_next - denoise(x_next, _step_sigma(sigmas[i + 1], x))) / s_next

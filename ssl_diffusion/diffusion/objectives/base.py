@@ -61,6 +61,7 @@ class Objective(ABC):
     name: str
     sigma_min: float  # smallest accepted noise level (VE sigma)
     sigma_max: float  # largest accepted noise level; sampling starts here
+    range_hint = " or widen diffusion.sigma_min/sigma_max"  # how a user changes the range
 
     def __init__(self, cfg: DiffusionConfig):
         self.cfg = cfg
@@ -76,7 +77,7 @@ class Objective(ABC):
             raise UserError(
                 f"noise level sigma={float(bad[0]):g} is outside the {self.name} range "
                 f"[{self.sigma_min:g}, {self.sigma_max:g}] (logSNR [{lmin:.2f}, {lmax:.2f}]); "
-                f"pick a sigma in that range or widen diffusion.sigma_min/sigma_max"
+                f"pick a sigma in that range{self.range_hint}"
             )
 
     @abstractmethod

@@ -20,6 +20,7 @@ from ssl_diffusion.errors import UserError
 
 class DDPMObjective(Objective):
     name = "ddpm"
+    range_hint = " (the ddpm range is set by beta_start, beta_end and num_timesteps)"
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__(cfg)
