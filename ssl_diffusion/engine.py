@@ -131,6 +131,7 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
         trainer.validate(method, datamodule=datamodule, verbose=False)
         online = dict(method.last_online_metrics)
     world = trainer.world_size
+    knn = getattr(cfg.eval, "knn", None)  # the eval.knn section is optional
     result = {
         "method": cfg.method,
         "dataset": cfg.data.name,
@@ -143,8 +144,8 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
         "train_wall_time_s": round(train_time, 2),
         "online": online,
         "online_protocol": {
-            "knn_k": 20 if 20 in cfg.eval.knn.k else cfg.eval.knn.k[0] if hasattr(cfg.eval, "knn") else 20,
-            "knn_temperature": cfg.eval.knn.temperature if hasattr(cfg.eval, "knn") else 0.07,
+            "knn_k": (20 if 20 in knn.k else knn.k[0]) if knn is not None else 20,
+            "knn_temperature": knn.temperature if knn is not None else 0.07,
             "bank_size": len(datamodule.val_dataloader()[0].dataset),
             "val_size": len(datamodule.val_dataloader()[1].dataset),
             "split": "val",
