@@ -56,7 +56,10 @@ class ResumableSampler(Sampler):
         return per_rank
 
     def __len__(self) -> int:
-        return max(self.per_rank() - self.skip_batches * self.batch_size, 0)
+        # The full epoch, also in a resumed one: Lightning's batch counter restarts at the
+        # skipped position and ends the epoch at this length (a shorter length would make it
+        # reset the counter and cut every later epoch short).
+        return self.per_rank()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = self._order()
