@@ -86,12 +86,17 @@ class ViewDataset(Dataset):
             idx, seed = key
             img, label = self.base[idx]
             # Scoped RNG: seeding the augmentation must not disturb the trainer's global RNG.
-            py_state = random.getstate()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                random.seed(seed)
-                views = self.transform(img)
-            random.setstate(py_state)
+            # numpy too: lightly's GaussianBlur and RandomSolarization draw from np.random.
+            py_state, np_state = random.getstate(), np.random.get_state()
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    random.seed(seed)
+                    np.random.seed(seed % 2**32)
+                    views = self.transform(img)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
             return views, label
         img, label = self.base[key]
         return self.transform(img), label
