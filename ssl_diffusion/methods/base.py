@@ -65,6 +65,7 @@ class SSLMethod(pl.LightningModule):
         self._val_labels: dict[int, list[Tensor]] = {}
         self._val_logits: list[Tensor] = []
         self.skipped_steps = 0
+        self._step_skipped = False  # this step's loss was non-finite and skipped (no EMA update)
         self.last_online_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -117,6 +118,7 @@ class SSLMethod(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         views, labels = batch[0], batch[1]
+        self._step_skipped = False
         out = self.training_loss(views, labels)
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -140,6 +142,7 @@ class SSLMethod(pl.LightningModule):
         terms = ", ".join(f"{k}={out[k].item()}" for k in bad)
         if self.cfg.trainer.on_nonfinite == "skip":
             self.skipped_steps += 1
+            self._step_skipped = True
             self.log("train/skipped_steps", float(self.skipped_steps))
             return None
         raise NonFiniteLossError(
@@ -147,8 +150,12 @@ class SSLMethod(pl.LightningModule):
             f"kept — lower optim.lr, set optim.grad_clip, or trainer.on_nonfinite=skip"
         )
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None and outputs is not None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here rather than in on_train_batch_end: Lightning runs callbacks (the checkpoint) before
+        # the module's on_train_batch_end, so a checkpoint saved there would miss this step's EMA
+        # update and a resumed run would drift from an unbroken one.
+        if self.ema is not None and not self._step_skipped:
             self.ema.update(self.ema_source())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
