@@ -34,6 +34,7 @@ class AtomicCheckpoint(pl.Callback):
         self.datamodule = datamodule
         self.batches_in_epoch = 0
         self._pending_rng: dict | None = None
+        self._saved_step = -1  # global step of the last last.ckpt written by this run
         self.enabled = True  # switched off after a failure so a broken state is never saved
 
     @property
@@ -64,14 +65,18 @@ class AtomicCheckpoint(pl.Callback):
         step = trainer.global_step
         if self.periodic and step % self.periodic == 0 and step > 0:
             self.save(trainer, self.run_dir / f"step-{step:07d}.ckpt")
-        if step % self.every == 0:
+        # At max_steps save here, mid-epoch: by on_train_end Lightning has already counted the
+        # unfinished epoch as done, and a longer rerun would skip the rest of it.
+        if step % self.every == 0 or 0 < trainer.max_steps <= step:
             self.save(trainer)
+            self._saved_step = step
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.batches_in_epoch = 0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.save(trainer)
+        if trainer.global_step != self._saved_step:
+            self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.enabled = False  # never overwrite the last good checkpoint with a failing state
