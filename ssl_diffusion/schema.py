@@ -80,6 +80,10 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
 
 def validate_config(cfg: Any) -> None:
     """Range checks that types alone cannot express (method-specific checks live in methods)."""
+    from ssl_diffusion.registry import DATASETS, METHODS
+
+    METHODS.get(cfg.method)  # unknown names fail here, so also under --dry-run
+    DATASETS.get(cfg.data.name)
     t, d, o = cfg.trainer, cfg.data, cfg.optim
     if t.max_steps is None and t.max_epochs is None:
         raise UserError("set a training length: trainer.max_steps=N or trainer.max_epochs=N")
