@@ -48,10 +48,34 @@ def build_datamodule(cfg: Any, splits: Splits, method_cls: type) -> SSLDataModul
     return SSLDataModule(cfg, splits, train_tf, eval_tf)
 
 
-def _loggers(cfg: Any, run_dir: Path, name: str) -> list:
-    from pytorch_lightning.loggers import CSVLogger
+def _csv_logger(run_dir: Path) -> Any:
+    """run_dir/metrics.csv that a resumed run appends to (Lightning's writer deletes it)."""
+    import csv
 
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    from lightning_fabric.loggers.logger import rank_zero_experiment
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):  # keep earlier rows and their columns
+                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                    self.metrics_keys = next(csv.reader(f), [])
+
+    class AppendingCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> Any:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return AppendingCSVLogger(save_dir=str(run_dir), name="", version="")
+
+
+def _loggers(cfg: Any, run_dir: Path, name: str) -> list:
+    loggers = [_csv_logger(run_dir)]
     w = cfg.logger.wandb
     if w.enabled and w.mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger
