@@ -210,7 +210,7 @@ class SSLMethod(pl.LightningModule):
         o = self.cfg.optim
         lr = o.lr
         if o.lr_scaling == "linear":
-            world = self.trainer.world_size if self.trainer is not None else 1
+            world = self.trainer.world_size if self._trainer is not None else 1
             lr = o.lr * self.cfg.data.batch_size * world / 256
         groups = _weight_decay_groups(self.trainable_named_parameters(), o.weight_decay)
         if self.online_linear is not None:
@@ -228,7 +228,7 @@ class SSLMethod(pl.LightningModule):
             from lightly.utils.lars import LARS
 
             opt = LARS(groups, lr=lr, momentum=o.momentum)
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_cosine(step, total, o.warmup_steps, o.min_lr_ratio, o.schedule)
         )
