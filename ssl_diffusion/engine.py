@@ -15,7 +15,7 @@ from ssl_diffusion.data.module import SSLDataModule
 from ssl_diffusion.data.transforms import eval_transform, train_transform
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.registry import METHODS
-from ssl_diffusion.run import prepare_run_dir, run_name, update_metrics
+from ssl_diffusion.run import prepare_run_dir, update_metrics
 
 
 def quiet_lightning() -> None:
@@ -135,14 +135,14 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     method_cls = method_class(cfg)
     method = build_method(cfg, splits.info)
     datamodule = build_datamodule(cfg, splits, method_cls)
-    run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
+    # The run directory first: run.overwrite=true may move an old run (and its last.ckpt) aside.
+    run_dir = prepare_run_dir(cfg, recipe)
     resume = None
     last = run_dir / "last.ckpt"
     if cfg.run.resume and last.exists():
         ckpt = load_checkpoint_file(last)
         check_compatible(ckpt, cfg.method, method.arch_name(), last)
         resume = last
-    run_dir = prepare_run_dir(cfg, recipe)
     ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
                                cfg.trainer.ckpt_every_n_steps, datamodule)
     trainer = make_trainer(cfg, run_dir, [ckpt_cb], _loggers(cfg, run_dir, run_dir.name))
