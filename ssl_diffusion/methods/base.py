@@ -53,6 +53,7 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float, schedule
 class SSLMethod(pl.LightningModule):
     default_aug: str = "simclr"  # augmentation preset when aug.preset is null
     normalization: str = "dataset"  # dataset | symmetric ([-1, 1], diffusion models)
+    default_ema: bool = False  # ema.enabled=null resolves to this
     feature_dim: int
 
     def __init__(self, cfg: Any, info: Any) -> None:
@@ -84,7 +85,8 @@ class SSLMethod(pl.LightningModule):
     def setup_shared(self) -> None:
         """Call at the end of a subclass __init__, once ``feature_dim`` is known."""
         c = self.cfg
-        if c.ema.enabled and self.ema_source() is not None:
+        ema_on = self.default_ema if c.ema.enabled is None else c.ema.enabled
+        if ema_on and self.ema_source() is not None:
             self.ema = EMA(self.ema_source(), c.ema.decay, c.ema.warmup)
         if c.eval.online_linear:
             self.online_linear = nn.Sequential(
@@ -123,8 +125,9 @@ class SSLMethod(pl.LightningModule):
             return self._nonfinite(out)
         bs = labels.shape[0]
         for name, value in out.items():
-            if name.startswith("loss"):
-                self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=bs)
+            if name != "feats" and isinstance(value, Tensor) and value.ndim == 0:
+                self.log(f"train/{name}", value.detach().float(), prog_bar=name == "loss",
+                         batch_size=bs)
         if self.online_linear is not None and "feats" in out:
             logits = self.online_linear(out["feats"].detach())
             lin_loss = F.cross_entropy(logits, labels)
