@@ -1,0 +1,121 @@
+"""Typed, torch-free configuration of the denoiser and of DDAE++ self-conditioning.
+
+``ModelConfig`` picks an architecture and a size preset (``presets.py``); any override left at
+None keeps the preset's value. ``SelfCondConfig`` exposes every self-conditioning knob of the
+DDAE++ spec (§2.9) so the unknowns of the paper can be ablated. Values that need the built
+model (e.g. the source layer name) are checked by ``build_denoiser``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ssl_diffusion.errors import UserError, did_you_mean
+from ssl_diffusion.models.presets import ARCH_FIELDS, PRESETS
+
+_OVERRIDES = (
+    "depth", "width", "heads", "patch_size", "dropout", "mlp_ratio",
+    "channel_mult", "attn_resolutions", "resample",
+)
+
+
+@dataclass
+class ModelConfig:
+    """Denoiser architecture: family + size preset + optional per-field overrides."""
+
+    arch: Literal["dit", "unet", "uvit"] = "dit"  # denoiser family (DiT: latent/pixel, UNet/UViT: pixel)
+    preset: str = "DiT-tiny"  # size preset name from DIT_/UNET_/UVIT_PRESETS of `arch`
+    depth: int | None = None  # DiT: blocks; UViT: total blocks (odd, in+mid+out); UNet: res blocks per resolution
+    width: int | None = None  # DiT/UViT: hidden size D; UNet: base channels
+    heads: int | None = None  # attention heads (UNet: heads of the attention blocks, DDAE uses 1)
+    patch_size: int | None = None  # DiT/UViT patch size in pixels (or latent cells)
+    dropout: float | None = None  # dropout probability (UNet: in ResBlocks, DDAE 0.1/0.13; DiT/UViT: in the MLP)
+    mlp_ratio: float | None = None  # DiT/UViT: MLP hidden = mlp_ratio * D (default 4, Vaswani et al.)
+    channel_mult: list[int] | None = None  # UNet: channel multiplier per resolution level
+    attn_resolutions: list[int] | None = None  # UNet: feature-map sizes (px) with self-attention
+    resample: Literal["conv", "res"] | None = None  # UNet: conv up/down (DDPM) or BigGAN ResBlock (DDPM++)
+
+    def validate(self) -> None:
+        """Raise a one-line UserError for unknown presets or overrides the arch does not use."""
+        if self.arch not in PRESETS:
+            raise UserError(
+                f"model.arch `{self.arch}` is unknown; valid: {', '.join(PRESETS)}"
+                f"{did_you_mean(self.arch, PRESETS)}"
+            )
+        presets = PRESETS[self.arch]
+        if self.preset not in presets:
+            other = [a for a, p in PRESETS.items() if self.preset in p]
+            hint = (
+                f" (`{self.preset}` is a {other[0]} preset: set model.arch={other[0]})"
+                if other
+                else did_you_mean(self.preset, presets)
+            )
+            raise UserError(
+                f"model.preset `{self.preset}` is not a {self.arch} preset; valid: "
+                f"{', '.join(presets)}{hint}"
+            )
+        for name in _OVERRIDES:
+            if getattr(self, name) is not None and name not in ARCH_FIELDS[self.arch]:
+                raise UserError(
+                    f"model.{name} does not apply to arch `{self.arch}`; it applies to "
+                    f"{', '.join(a for a, f in ARCH_FIELDS.items() if name in f)} "
+                    f"(remove the override or change model.arch)"
+                )
+        for name in ("depth", "width", "heads", "patch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"model.{name} must be >= 1, got {value}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    def resolved(self) -> dict[str, Any]:
+        """The preset's sizes with every non-None override applied."""
+        self.validate()
+        sizes = dict(PRESETS[self.arch][self.preset])
+        for name in ARCH_FIELDS[self.arch]:
+            value = getattr(self, name)
+            if value is not None:
+                sizes[name] = list(value) if isinstance(value, list) else value
+        return sizes
+
+
+@dataclass
+class SelfCondConfig:
+    """DDAE++ self-conditioning (spec §2): pool a source layer, MLP, time-adaptive scale, add to cond."""
+
+    enabled: bool = False  # turn self-conditioning on (off = the plain baseline network)
+    source_layer: str = "auto"  # layer whose pooled output is rerouted; "auto" = arch default (middle of the network) [INF]
+    pool: Literal["mean", "attn", "cls"] = "mean"  # global pooling of the source (spec §2.2: mean) ; cls = UViT time token
+    norm: Literal["none", "ln"] = "ln"  # LayerNorm on the pooled vector before the MLP [UNK in paper, knob]
+    mlp_depth: int = 2  # Linear layers in the SC MLP (2 = Linear-SiLU-Linear, spec §2.2) [INF]
+    mlp_width: int | None = None  # hidden width of the SC MLP; None = the cond dim [INF]
+    time_scale: Literal["none", "vector", "scalar"] = "vector"  # g(t): per-channel Linear(t_emb), one tanh gate, or g=1 [INF §2.4]
+    zero_init: bool = True  # zero-init g (or the last MLP layer when time_scale=none): step 0 == baseline
+    detach: bool = False  # stop the gradient of the s path into the source layer (spec §2.5 default: flows)
+    targets: Literal["all", "decoder", "final"] = "all"  # which later layers get s: all / second half only / DiT final layer only
+    drop_prob: float = 0.0  # per-sample probability of zeroing s during training [UNK in paper]
+    uvit_mode: Literal["add_time", "token"] = "add_time"  # UViT: add s to the time token, or insert s as an extra token
+
+    def validate(self) -> None:
+        """Range checks that need no model; the source layer is checked by the builder."""
+        choices = {
+            "pool": ("mean", "attn", "cls"),
+            "norm": ("none", "ln"),
+            "time_scale": ("none", "vector", "scalar"),
+            "targets": ("all", "decoder", "final"),
+            "uvit_mode": ("add_time", "token"),
+        }
+        for name, valid in choices.items():
+            value = getattr(self, name)
+            if value not in valid:
+                raise UserError(
+                    f"selfcond.{name} `{value}` is invalid; valid: {', '.join(valid)}"
+                    f"{did_you_mean(value, valid)}"
+                )
+        if self.mlp_depth < 1:
+            raise UserError(f"selfcond.mlp_depth must be >= 1, got {self.mlp_depth}")
+        if self.mlp_width is not None and self.mlp_width < 1:
+            raise UserError(f"selfcond.mlp_width must be >= 1 or null, got {self.mlp_width}")
+        if not 0.0 <= self.drop_prob < 1.0:
+            raise UserError(f"selfcond.drop_prob must be in [0, 1), got {self.drop_prob}")
