@@ -1,26 +1,49 @@
 """Denoisers (DiT, UNet, UViT) with DDAE++ self-conditioning, and their builder.
 
-    model = build_denoiser(ModelConfig(arch="dit", preset="DiT-S/2"),
-                           SelfCondConfig(enabled=True), in_channels=3, image_size=32)
-    out = model(x, noise_labels, taps=["block5"])   # DenoiserOutput(pred, feats, selfcond)
+Example::
+
+    cfg = ModelConfig(arch="dit", preset="DiT-S/2")
+    model = build_denoiser(cfg, SelfCondConfig(enabled=True), in_channels=3, image_size=32)
+    out = model(x, noise_labels, taps=["block5"])  # DenoiserOutput(pred, feats, selfcond)
+
+The configs and presets import without torch; the torch-based names load on first access
+(PEP 562), so ``from ssl_diffusion.models import ModelConfig`` stays cheap for CLIs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ssl_diffusion.errors import UserError
-from ssl_diffusion.models.base import Denoiser, DenoiserOutput
 from ssl_diffusion.models.config import ModelConfig, SelfCondConfig
-from ssl_diffusion.models.dit import DiT
 from ssl_diffusion.models.presets import DIT_PRESETS, PRESETS, UNET_PRESETS, UVIT_PRESETS
-from ssl_diffusion.models.selfcond import SelfCondOutput, SelfConditioning
-from ssl_diffusion.models.unet import UNet
-from ssl_diffusion.models.uvit import UViT
 
-DENOISERS: dict[str, type[Denoiser]] = {"dit": DiT, "unet": UNet, "uvit": UViT}
+if TYPE_CHECKING:
+    from ssl_diffusion.models.base import Denoiser, DenoiserOutput
+    from ssl_diffusion.models.build import (
+        DENOISERS,
+        build_denoiser,
+        count_params,
+        selfcond_param_overhead,
+    )
+    from ssl_diffusion.models.dit import DiT
+    from ssl_diffusion.models.selfcond import SelfConditioning, SelfCondOutput
+    from ssl_diffusion.models.unet import UNet
+    from ssl_diffusion.models.uvit import UViT
+
+_LAZY = {
+    "Denoiser": "base",
+    "DenoiserOutput": "base",
+    "DENOISERS": "build",
+    "build_denoiser": "build",
+    "count_params": "build",
+    "selfcond_param_overhead": "build",
+    "DiT": "dit",
+    "SelfConditioning": "selfcond",
+    "SelfCondOutput": "selfcond",
+    "UNet": "unet",
+    "UViT": "uvit",
+}
 
 __all__ = [
     "DENOISERS",
@@ -43,72 +66,8 @@ __all__ = [
 ]
 
 
-def build_denoiser(
-    model_cfg: ModelConfig,
-    selfcond_cfg: SelfCondConfig | None = None,
-    *,
-    in_channels: int,
-    image_size: int,
-    num_classes: int = 0,
-    aug_dim: int = 0,
-) -> Denoiser:
-    """Build the configured denoiser.
-
-    Args:
-        model_cfg: architecture + preset + overrides.
-        selfcond_cfg: self-conditioning knobs (None or ``enabled=False`` = baseline).
-        in_channels: image (or latent) channels; the output has the same count.
-        image_size: square input resolution; must suit the patch size / downsampling factor.
-        num_classes: 0 = unconditional; else labels in [0, num_classes], num_classes = null (CFG).
-        aug_dim: width of the augmentation-label vector (EDM: 9), 0 = none.
-    """
-    if in_channels < 1 or image_size < 1 or num_classes < 0 or aug_dim < 0:
-        raise UserError(
-            f"invalid data shape for the denoiser: in_channels={in_channels}, "
-            f"image_size={image_size}, num_classes={num_classes}, aug_dim={aug_dim}"
-        )
-    sizes = model_cfg.resolved()
-    if selfcond_cfg is not None:
-        selfcond_cfg.validate()
-    return DENOISERS[model_cfg.arch](
-        in_channels=in_channels,
-        image_size=image_size,
-        num_classes=num_classes,
-        aug_dim=aug_dim,
-        selfcond=selfcond_cfg,
-        **sizes,
-    )
-
-
-def count_params(module: torch.nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def selfcond_param_overhead(
-    model_cfg: ModelConfig,
-    selfcond_cfg: SelfCondConfig,
-    *,
-    in_channels: int = 3,
-    image_size: int = 32,
-    num_classes: int = 0,
-    aug_dim: int = 0,
-) -> dict[str, Any]:
-    """Parameters with and without self-conditioning (built on the meta device: no memory).
-
-    Returns ``{"params_base", "params_selfcond", "overhead", "ratio"}`` where overhead is the
-    extra parameter count and ratio = overhead / params_base (the paper's "~1%").
-    """
-    kwargs = dict(
-        in_channels=in_channels, image_size=image_size, num_classes=num_classes, aug_dim=aug_dim
-    )
-    enabled = SelfCondConfig(**{**vars(selfcond_cfg), "enabled": True})
-    with torch.device("meta"):
-        base = count_params(build_denoiser(model_cfg, None, **kwargs))
-        with_sc = count_params(build_denoiser(model_cfg, enabled, **kwargs))
-    return {
-        "params_base": base,
-        "params_selfcond": with_sc,
-        "overhead": with_sc - base,
-        "ratio": (with_sc - base) / base,
-    }
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"ssl_diffusion.models.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'ssl_diffusion.models' has no attribute {name!r}")

@@ -14,27 +14,31 @@ from typing import Any, Literal
 from ssl_diffusion.errors import UserError, did_you_mean
 from ssl_diffusion.models.presets import ARCH_FIELDS, PRESETS
 
+# fmt: off
 _OVERRIDES = (
     "depth", "width", "heads", "patch_size", "dropout", "mlp_ratio",
     "channel_mult", "attn_resolutions", "resample",
 )
+# fmt: on
 
 
 @dataclass
 class ModelConfig:
     """Denoiser architecture: family + size preset + optional per-field overrides."""
 
-    arch: Literal["dit", "unet", "uvit"] = "dit"  # denoiser family (DiT: latent/pixel, UNet/UViT: pixel)
+    # DDAE++ uses UNet/UViT in pixel space and DiT in latent space; all three run on pixels.
+    arch: Literal["dit", "unet", "uvit"] = "dit"  # denoiser family
     preset: str = "DiT-tiny"  # size preset name from DIT_/UNET_/UVIT_PRESETS of `arch`
-    depth: int | None = None  # DiT: blocks; UViT: total blocks (odd, in+mid+out); UNet: res blocks per resolution
+    # Overrides (None = the preset's value):
+    depth: int | None = None  # DiT blocks | UViT blocks (odd) | UNet res blocks per level
     width: int | None = None  # DiT/UViT: hidden size D; UNet: base channels
-    heads: int | None = None  # attention heads (UNet: heads of the attention blocks, DDAE uses 1)
+    heads: int | None = None  # attention heads (UNet: DDAE uses 1)
     patch_size: int | None = None  # DiT/UViT patch size in pixels (or latent cells)
-    dropout: float | None = None  # dropout probability (UNet: in ResBlocks, DDAE 0.1/0.13; DiT/UViT: in the MLP)
-    mlp_ratio: float | None = None  # DiT/UViT: MLP hidden = mlp_ratio * D (default 4, Vaswani et al.)
+    dropout: float | None = None  # UNet: in ResBlocks (DDAE 0.1, EDM 0.13); DiT/UViT: in the MLP
+    mlp_ratio: float | None = None  # DiT/UViT: MLP hidden = mlp_ratio * D (default 4)
     channel_mult: list[int] | None = None  # UNet: channel multiplier per resolution level
     attn_resolutions: list[int] | None = None  # UNet: feature-map sizes (px) with self-attention
-    resample: Literal["conv", "res"] | None = None  # UNet: conv up/down (DDPM) or BigGAN ResBlock (DDPM++)
+    resample: Literal["conv", "res"] | None = None  # UNet: conv (DDPM) | BigGAN ResBlock (DDPM++)
 
     def validate(self) -> None:
         """Raise a one-line UserError for unknown presets or overrides the arch does not use."""
@@ -84,18 +88,20 @@ class ModelConfig:
 class SelfCondConfig:
     """DDAE++ self-conditioning (spec §2): pool a source layer, MLP, time-adaptive scale, add to cond."""
 
+    # Tags as in the spec: [INF] inferred default, [UNK] unknown in the paper (ablation knob).
     enabled: bool = False  # turn self-conditioning on (off = the plain baseline network)
-    source_layer: str = "auto"  # layer whose pooled output is rerouted; "auto" = arch default (middle of the network) [INF]
-    pool: Literal["mean", "attn", "cls"] = "mean"  # global pooling of the source (spec §2.2: mean) ; cls = UViT time token
-    norm: Literal["none", "ln"] = "ln"  # LayerNorm on the pooled vector before the MLP [UNK in paper, knob]
-    mlp_depth: int = 2  # Linear layers in the SC MLP (2 = Linear-SiLU-Linear, spec §2.2) [INF]
-    mlp_width: int | None = None  # hidden width of the SC MLP; None = the cond dim [INF]
-    time_scale: Literal["none", "vector", "scalar"] = "vector"  # g(t): per-channel Linear(t_emb), one tanh gate, or g=1 [INF §2.4]
-    zero_init: bool = True  # zero-init g (or the last MLP layer when time_scale=none): step 0 == baseline
-    detach: bool = False  # stop the gradient of the s path into the source layer (spec §2.5 default: flows)
-    targets: Literal["all", "decoder", "final"] = "all"  # which later layers get s: all / second half only / DiT final layer only
-    drop_prob: float = 0.0  # per-sample probability of zeroing s during training [UNK in paper]
-    uvit_mode: Literal["add_time", "token"] = "add_time"  # UViT: add s to the time token, or insert s as an extra token
+    source_layer: str = "auto"  # rerouted layer name; auto = arch default (mid-network) [INF]
+    pool: Literal["mean", "attn", "cls"] = "mean"  # mean (spec §2.2) | attn | cls (UViT time tok)
+    norm: Literal["none", "ln"] = "ln"  # LayerNorm on the pooled vector before the MLP [UNK]
+    mlp_depth: int = 2  # Linear layers in the MLP (2 = Linear-SiLU-Linear, spec §2.2) [INF]
+    mlp_width: int | None = None  # hidden width of the MLP; None = the cond dim [INF]
+    # g(t), spec §2.4 [INF]: vector = Linear(t_emb) per channel | scalar = tanh(Linear(t_emb)) | 1
+    time_scale: Literal["none", "vector", "scalar"] = "vector"  # time-adaptive scale of s
+    zero_init: bool = True  # zero g (or the last MLP layer if time_scale=none): step 0 = baseline
+    detach: bool = False  # stop the s-path gradient into the source (spec §2.5: it flows) [UNK]
+    targets: Literal["all", "decoder", "final"] = "all"  # later layers / 2nd half / DiT final only
+    drop_prob: float = 0.0  # per-sample probability of zeroing s in training [UNK]
+    uvit_mode: Literal["add_time", "token"] = "add_time"  # UViT: s into time token | extra token
 
     def validate(self) -> None:
         """Range checks that need no model; the source layer is checked by the builder."""

@@ -10,49 +10,58 @@ from __future__ import annotations
 
 from typing import Any
 
+
+def _dit(depth: int, width: int, heads: int, patch_size: int) -> dict[str, Any]:
+    # DiT and UViT use no dropout.
+    return {
+        "depth": depth,
+        "width": width,
+        "heads": heads,
+        "patch_size": patch_size,
+        "dropout": 0.0,
+    }
+
+
 # depth = transformer blocks, width = hidden size D, heads = attention heads, patch_size = p.
 DIT_PRESETS: dict[str, dict[str, Any]] = {
-    "DiT-tiny": dict(depth=4, width=64, heads=2, patch_size=2),  # tests / CPU smoke runs
-    "DiT-cpu": dict(depth=8, width=192, heads=3, patch_size=2),  # CPU-trainable quickstart size
-    "DiT-S/2": dict(depth=12, width=384, heads=6, patch_size=2),
-    "DiT-S/4": dict(depth=12, width=384, heads=6, patch_size=4),
-    "DiT-B/2": dict(depth=12, width=768, heads=12, patch_size=2),
-    "DiT-B/4": dict(depth=12, width=768, heads=12, patch_size=4),
-    "DiT-L/2": dict(depth=24, width=1024, heads=16, patch_size=2),
-    "DiT-L/4": dict(depth=24, width=1024, heads=16, patch_size=4),
-    "DiT-XL/2": dict(depth=28, width=1152, heads=16, patch_size=2),
-    "DiT-XL/4": dict(depth=28, width=1152, heads=16, patch_size=4),
+    "DiT-tiny": _dit(4, 64, 2, 2),  # tests / CPU smoke runs
+    "DiT-cpu": _dit(8, 192, 3, 2),  # CPU-trainable quickstart size
+    "DiT-S/2": _dit(12, 384, 6, 2),
+    "DiT-S/4": _dit(12, 384, 6, 4),
+    "DiT-B/2": _dit(12, 768, 12, 2),
+    "DiT-B/4": _dit(12, 768, 12, 4),
+    "DiT-L/2": _dit(24, 1024, 16, 2),
+    "DiT-L/4": _dit(24, 1024, 16, 4),
+    "DiT-XL/2": _dit(28, 1152, 16, 2),
+    "DiT-XL/4": _dit(28, 1152, 16, 4),
 }
-for _p in DIT_PRESETS.values():
-    _p.setdefault("dropout", 0.0)  # DiT uses no dropout
 
-# width = base channels, depth = residual blocks per resolution, channel_mult = per-level
-# channel multipliers, attn_resolutions = feature-map sizes (px) that get self-attention,
-# heads = attention heads (DDAE: one head), resample = "conv" (DDPM) or "res" (BigGAN ResBlock).
+
+def _unet(width: int, mult: list[int], depth: int, attn: list[int], dropout: float, resample: str):
+    return {
+        "width": width,  # base channels
+        "channel_mult": mult,  # channels per level = width * mult
+        "depth": depth,  # residual blocks per level (the decoder has depth + 1)
+        "attn_resolutions": attn,  # feature-map sizes (px) with self-attention
+        "heads": 1,  # DDAE: single-head attention
+        "dropout": dropout,
+        "resample": resample,  # "conv" (DDPM) or "res" (BigGAN ResBlock, DDPM++)
+    }
+
+
 UNET_PRESETS: dict[str, dict[str, Any]] = {
-    "UNet-tiny": dict(
-        width=32, channel_mult=[1, 2], depth=1, attn_resolutions=[8], heads=1,
-        dropout=0.0, resample="conv",
-    ),
-    "DDPM-35.7M": dict(  # DDAE DDPM_ddpm.yaml (Ho et al. 2020 CIFAR-10 UNet)
-        width=128, channel_mult=[1, 2, 2, 2], depth=2, attn_resolutions=[16], heads=1,
-        dropout=0.1, resample="conv",
-    ),
-    "DDPM++-56.5M": dict(  # DDAE DDPM_ddpmpp.yaml (Song et al. 2021 style, BigGAN resampling)
-        width=128, channel_mult=[2, 2, 2], depth=4, attn_resolutions=[16], heads=1,
-        dropout=0.1, resample="res",
-    ),
+    "UNet-tiny": _unet(32, [1, 2], 1, [8], 0.0, "conv"),  # tests / CPU smoke runs
+    "DDPM-35.7M": _unet(128, [1, 2, 2, 2], 2, [16], 0.1, "conv"),  # DDAE DDPM_ddpm.yaml
+    "DDPM++-56.5M": _unet(128, [2, 2, 2], 4, [16], 0.1, "res"),  # DDAE DDPM_ddpmpp.yaml
 }
 
 # depth = total blocks (odd: depth//2 in-blocks, 1 mid-block, depth//2 out-blocks).
 UVIT_PRESETS: dict[str, dict[str, Any]] = {
-    "UViT-tiny": dict(depth=5, width=64, heads=2, patch_size=2),
-    "UViT-S/2": dict(depth=13, width=512, heads=8, patch_size=2),  # author's CIFAR UViT
-    "UViT-M/2": dict(depth=17, width=768, heads=12, patch_size=2),
-    "UViT-L/2": dict(depth=21, width=1024, heads=16, patch_size=2),
+    "UViT-tiny": _dit(5, 64, 2, 2),  # tests / CPU smoke runs
+    "UViT-S/2": _dit(13, 512, 8, 2),  # the DDAE++ author's CIFAR UViT (FutureXiang/Diffusion)
+    "UViT-M/2": _dit(17, 768, 12, 2),
+    "UViT-L/2": _dit(21, 1024, 16, 2),
 }
-for _p in UVIT_PRESETS.values():
-    _p.setdefault("dropout", 0.0)
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "dit": DIT_PRESETS,
@@ -63,8 +72,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # Which ModelConfig override fields each architecture understands.
 ARCH_FIELDS: dict[str, tuple[str, ...]] = {
     "dit": ("depth", "width", "heads", "patch_size", "dropout", "mlp_ratio"),
-    "unet": (
-        "depth", "width", "heads", "dropout", "channel_mult", "attn_resolutions", "resample",
-    ),
+    "unet": ("depth", "width", "heads", "dropout", "channel_mult", "attn_resolutions", "resample"),
     "uvit": ("depth", "width", "heads", "patch_size", "dropout", "mlp_ratio"),
 }

@@ -17,6 +17,7 @@ initialisation, so a self-conditioned model starts as the baseline (adaLN-Zero a
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -65,7 +66,7 @@ class SelfConditioning(nn.Module):
         width = cfg.mlp_width or cond_dim
         dims = [feat_dim] + [width] * (cfg.mlp_depth - 1) + [cond_dim]
         layers: list[nn.Module] = []
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             if i > 0:
                 layers.append(nn.SiLU())
             layers.append(nn.Linear(d_in, d_out))

@@ -30,7 +30,7 @@ from ssl_diffusion.models.layers import LabelEmbedding, check_square_input, time
 from ssl_diffusion.models.presets import UNET_PRESETS
 from ssl_diffusion.models.selfcond import SelfConditioning
 
-__all__ = ["UNET_PRESETS", "UNet", "ResBlock", "AttnBlock"]
+__all__ = ["UNET_PRESETS", "AttnBlock", "ResBlock", "UNet"]
 
 
 class TimeEmbedding(nn.Module):
@@ -104,7 +104,7 @@ class AttnBlock(nn.Module):
 class ResAttBlock(nn.Module):
     """One named UNet layer: a ResBlock, then attention at the attention resolutions."""
 
-    def __init__(self, c_in, c_out, emb_dim, dropout, attn: bool, heads: int):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, attn: bool, heads: int):
         super().__init__()
         self.res = ResBlock(c_in, c_out, emb_dim, dropout)
         self.attn = AttnBlock(c_out, heads) if attn else nn.Identity()
@@ -178,7 +178,10 @@ class UNet(Denoiser):
         layers, names, dims, kinds = [], [], [], []
 
         def add(name: str, layer: nn.Module, dim: int, kind: str) -> None:
-            layers.append(layer), names.append(name), dims.append(dim), kinds.append(kind)
+            layers.append(layer)
+            names.append(name)
+            dims.append(dim)
+            kinds.append(kind)
 
         def resampler(ch: int, mode: str) -> nn.Module:
             if resample == "res":
@@ -235,15 +238,14 @@ class UNet(Denoiser):
         if cfg.targets == "decoder":
             first = max(first, self.kinds.index("mid") + 1)
         # Conv resamplers take no embedding: at least one later layer must be able to use s.
-        if not any(
-            isinstance(m, (ResAttBlock, MidBlock, ResBlock)) for m in self.layers[first:]
-        ):
+        if not any(isinstance(m, (ResAttBlock, MidBlock, ResBlock)) for m in self.layers[first:]):
             raise UserError(
                 f"selfcond.source_layer `{cfg.source_layer}` leaves no later layer to condition; "
                 f"pick an earlier layer, e.g. `{self.default_source_layer}`"
             )
         self.sc_source, self.sc_first_target = k, first
-        self.selfcond = SelfConditioning(cfg, self.feature_dims[self.layer_names[k]], emb_dim, emb_dim)
+        feat_dim = self.feature_dims[self.layer_names[k]]
+        self.selfcond = SelfConditioning(cfg, feat_dim, emb_dim, emb_dim)
 
     def forward(
         self,

@@ -43,12 +43,12 @@ def test_bad_source_layer_lists_the_valid_layers():
 @pytest.mark.parametrize(
     "arch,kwargs,pattern",
     [
-        ("dit", dict(pool="cls"), "pool=cls"),
-        ("unet", dict(pool="cls"), "pool=cls"),
-        ("unet", dict(targets="final"), "targets=final"),
-        ("uvit", dict(targets="final"), "targets=final"),
-        ("unet", dict(source_layer="dec3"), "no later layer"),
-        ("uvit", dict(source_layer="out1"), "last block"),
+        ("dit", {"pool": "cls"}, "pool=cls"),
+        ("unet", {"pool": "cls"}, "pool=cls"),
+        ("unet", {"targets": "final"}, "targets=final"),
+        ("uvit", {"targets": "final"}, "targets=final"),
+        ("unet", {"source_layer": "dec3"}, "no later layer"),
+        ("uvit", {"source_layer": "out1"}, "last block"),
     ],
 )
 def test_selfcond_choices_an_arch_cannot_honour(arch, kwargs, pattern):
@@ -59,10 +59,10 @@ def test_selfcond_choices_an_arch_cannot_honour(arch, kwargs, pattern):
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        (dict(pool="max"), r"selfcond.pool `max`.*valid: mean, attn, cls"),
-        (dict(mlp_depth=0), r"mlp_depth must be >= 1"),
-        (dict(drop_prob=1.0), r"drop_prob must be in \[0, 1\)"),
-        (dict(time_scale="vec"), r"did you mean `vector`"),
+        ({"pool": "max"}, r"selfcond.pool `max`.*valid: mean, attn, cls"),
+        ({"mlp_depth": 0}, r"mlp_depth must be >= 1"),
+        ({"drop_prob": 1.0}, r"drop_prob must be in \[0, 1\)"),
+        ({"time_scale": "vec"}, r"did you mean `vector`"),
     ],
 )
 def test_selfcond_value_checks(kwargs, pattern):
@@ -75,8 +75,11 @@ def test_selfcond_value_checks(kwargs, pattern):
     [
         (ModelConfig(arch="dit", preset="DiT-tiny", patch_size=3), 16, "not divisible"),
         (ModelConfig(arch="uvit", preset="UViT-tiny", depth=4), 16, "must be odd"),
-        (ModelConfig(arch="unet", preset="UNet-tiny", channel_mult=[1, 1, 1, 1, 1]), 12,
-         "downsampling factor 16"),
+        (
+            ModelConfig(arch="unet", preset="UNet-tiny", channel_mult=[1, 1, 1, 1, 1]),
+            12,
+            "downsampling factor 16",
+        ),
     ],
 )
 def test_shape_errors_are_user_errors(model, size, pattern):
@@ -90,3 +93,17 @@ def test_default_source_layer_is_the_middle():
     assert tiny("uvit").default_source_layer == "mid"
     model = tiny("dit", SelfCondConfig(enabled=True))
     assert model.layer_names[model.sc_source] == "block1"
+
+
+def test_configs_and_presets_import_without_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; from ssl_diffusion.models import ModelConfig, SelfCondConfig, PRESETS; "
+        "ModelConfig(arch='unet', preset='DDPM-35.7M').resolved(); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -152,8 +152,8 @@ def test_uvit_s2_matches_the_author_cifar_uvit_size():
 
 
 @pytest.mark.parametrize(
-    "arch,preset", [("dit", "DiT-S/2"), ("dit", "DiT-B/2"), ("unet", "DDPM-35.7M"),
-                    ("unet", "DDPM++-56.5M")]
+    "arch,preset",
+    [("dit", "DiT-S/2"), ("dit", "DiT-B/2"), ("unet", "DDPM-35.7M"), ("unet", "DDPM++-56.5M")],
 )
 def test_selfcond_parameter_overhead_is_small(arch, preset):
     report = selfcond_param_overhead(ModelConfig(arch=arch, preset=preset), SelfCondConfig())
@@ -167,8 +167,9 @@ def test_selfcond_parameter_overhead_is_small(arch, preset):
 def test_dit_matches_its_independent_size_formula():
     # DiT block: qkv + proj + fc1 + fc2 + adaLN(6D); see Peebles & Xie, Table 1 (~33M for S/2).
     with torch.device("meta"):
-        model = build_denoiser(ModelConfig(arch="dit", preset="DiT-S/2"), None,
-                               in_channels=4, image_size=32)
+        model = build_denoiser(
+            ModelConfig(arch="dit", preset="DiT-S/2"), None, in_channels=4, image_size=32
+        )
     d, p, c = 384, 2, 4
     block = (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
     block += 6 * d * d + 6 * d

@@ -22,7 +22,9 @@ def test_timestep_embedding_matches_the_formula():
     dim = 10
     got = timestep_embedding(t, dim).numpy()
     freqs = np.array([10000 ** (-i / 5) for i in range(5)])
-    ref = np.concatenate([np.cos(t.numpy()[:, None] * freqs), np.sin(t.numpy()[:, None] * freqs)], 1)
+    ref = np.concatenate(
+        [np.cos(t.numpy()[:, None] * freqs), np.sin(t.numpy()[:, None] * freqs)], 1
+    )
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     assert timestep_embedding(t, 7).shape == (4, 7)
 
@@ -55,7 +57,7 @@ def test_unpatchify_inverts_the_patch_order():
 
 
 def _naive_attention(x, qkv, proj, heads):
-    n, t, d = x.shape
+    _n, _t, d = x.shape
     q, k, v = qkv(x).split(d, dim=-1)
     outs = []
     for h in range(heads):

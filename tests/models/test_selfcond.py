@@ -36,9 +36,7 @@ def test_zero_init_equals_baseline_exactly(arch, time_scale):
         assert torch.equal(a.pred, b.pred)
         for name in base.layer_names:
             assert torch.equal(a.feats[name], b.feats[name]), name
-        assert b.selfcond is not None and not torch.equal(
-            b.selfcond, torch.zeros_like(b.selfcond)
-        )
+        assert b.selfcond is not None and not torch.equal(b.selfcond, torch.zeros_like(b.selfcond))
         # The comparison can fail: once the zero-init factor is perturbed, the output moves.
         perturb(sc.selfcond, seed=7)
         c = sc(x, t, y, aug)
