@@ -14,6 +14,7 @@ from ssl_diffusion.data.datasets import DataInfo, Splits, build_splits
 from ssl_diffusion.data.module import SSLDataModule
 from ssl_diffusion.data.transforms import eval_transform, train_transform
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.loggers import truncate_metrics_csv
 from ssl_diffusion.registry import METHODS
 from ssl_diffusion.run import prepare_run_dir, run_name, update_metrics
 
@@ -27,7 +28,8 @@ def quiet_lightning() -> None:
     for pattern in (".*does not have many workers.*", ".*GPU available but not used.*",
                     ".*LeafSpec.*", ".*is not resumable.*", ".*sync_dist=True.*",
                     ".*Trying to infer the `batch_size`.*", ".*TPU available.*",
-                    ".*The number of training batches.*", ".*Checkpoint directory.*"):
+                    ".*The number of training batches.*", ".*Checkpoint directory.*",
+                    ".*module(s) in eval mode.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -49,9 +51,9 @@ def build_datamodule(cfg: Any, splits: Splits, method_cls: type) -> SSLDataModul
 
 
 def _loggers(cfg: Any, run_dir: Path, name: str) -> list:
-    from pytorch_lightning.loggers import CSVLogger
+    from ssl_diffusion.loggers import ResumableCSVLogger
 
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers = [ResumableCSVLogger(run_dir)]
     w = cfg.logger.wandb
     if w.enabled and w.mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger
@@ -118,7 +120,11 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
         ckpt = load_checkpoint_file(last)
         check_compatible(ckpt, cfg.method, method.arch_name(), last)
         resume = last
+        resume_step = int(ckpt.get("global_step", 0))
+        del ckpt
     run_dir = prepare_run_dir(cfg, recipe)
+    if resume is not None:
+        truncate_metrics_csv(run_dir / "metrics.csv", resume_step)
     ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
                                cfg.trainer.ckpt_every_n_steps, datamodule)
     trainer = make_trainer(cfg, run_dir, [ckpt_cb], _loggers(cfg, run_dir, run_dir.name))
@@ -142,13 +148,7 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
                                                if method.online_linear is not None else 0),
         "train_wall_time_s": round(train_time, 2),
         "online": online,
-        "online_protocol": {
-            "knn_k": 20 if 20 in cfg.eval.knn.k else cfg.eval.knn.k[0] if hasattr(cfg.eval, "knn") else 20,
-            "knn_temperature": cfg.eval.knn.temperature if hasattr(cfg.eval, "knn") else 0.07,
-            "bank_size": len(datamodule.val_dataloader()[0].dataset),
-            "val_size": len(datamodule.val_dataloader()[1].dataset),
-            "split": "val",
-        },
+        "online_protocol": method.online_protocol(),
     }
     if trainer.is_global_zero:
         update_metrics(run_dir, {"pretrain": result})

@@ -181,6 +181,15 @@ class SSLMethod(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
 
+    def online_protocol(self) -> dict[str, Any]:
+        """How the online numbers were computed (stored beside them in metrics.json)."""
+        from ssl_diffusion.eval.online import knn_settings
+
+        k, temperature = knn_settings(getattr(self.cfg.eval, "knn", None))
+        sizes = {i: sum(len(c) for c in self._val_labels.get(i, [])) for i in (0, 1)}
+        return {"split": "val", "knn_k": k, "knn_temperature": temperature,
+                "bank_size": sizes[0], "val_size": sizes[1], "linear": "online BN+Linear head"}
+
     def online_metrics(self) -> dict[str, float]:
         from ssl_diffusion.eval.online import online_knn, topk_accuracy
 

@@ -164,13 +164,13 @@ class DDAE(SSLMethod):
     # ------------------------------------------------------------------ contrastive (ddaepp)
     def _setup_contrastive(self) -> None:
         c = self.cfg.contrastive
-        source = self.net.selfcond_source or self.net.default_source_layer
+        source = self.net.resolve_source_layer(self.cfg.selfcond.source_layer)
         self.contrastive_layer = source
         in_dim = self.net.feature_dims[source]
         if c.feature == "signal":
             if not self.selfcond_enabled():
                 raise UserError("contrastive.feature=signal needs self-conditioning; use feature=pooled")
-            in_dim = self.net.cond_dim
+            in_dim = self.net.selfcond.cond_dim
         self.projector = moco_v3_projector(in_dim, c.proj_hidden_dim, c.proj_output_dim)
         self.predictor = moco_v3_predictor(c.proj_output_dim, c.pred_hidden_dim)
         self.teacher_projector = clone_frozen(self.projector)

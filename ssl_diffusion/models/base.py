@@ -28,7 +28,8 @@ class Denoiser(nn.Module):
 
     forward(x, noise_labels, class_labels=None, aug_labels=None, taps=(), stop_after=None)
       x:            (N, C, H, W) network input (already preconditioned by the objective)
-      noise_labels: (N,) float noise conditioning (c_noise of the objective)
+      noise_labels: (N,) float noise conditioning (c_noise of the objective, O(1); the
+                    sinusoidal embedding scales it by 1000)
       class_labels: (N,) long in [0, num_classes]; ``num_classes`` is the null class (CFG);
                     None means all-null (unconditional)
       aug_labels:   (N, aug_dim) augmentation parameters (zeros at sampling time); None = zeros
@@ -39,6 +40,7 @@ class Denoiser(nn.Module):
     layer_names: list[str]
     feature_dims: dict[str, int]  # layer name -> pooled feature width
     default_source_layer: str  # self-conditioning source for source_layer="auto"
+    default_feature_layer: str  # feature tap for eval.features.layer="auto"
 
     def check_layer(self, name: str) -> str:
         from ssl_diffusion.errors import UserError, did_you_mean

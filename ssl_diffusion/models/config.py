@@ -89,7 +89,7 @@ class SelfCondConfig:
     """DDAE++ self-conditioning (spec §2): pool a source layer, MLP, time-adaptive scale, add to cond."""
 
     # Tags as in the spec: [INF] inferred default, [UNK] unknown in the paper (ablation knob).
-    enabled: bool = False  # turn self-conditioning on (off = the plain baseline network)
+    enabled: bool | None = None  # on/off; None = the method's default (ddaepp on, ddae off)
     source_layer: str = "auto"  # rerouted layer name; auto = arch default (mid-network) [INF]
     pool: Literal["mean", "attn", "cls"] = "mean"  # mean (spec §2.2) | attn | cls (UViT time tok)
     norm: Literal["none", "ln"] = "ln"  # LayerNorm on the pooled vector before the MLP [UNK]

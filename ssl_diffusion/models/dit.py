@@ -130,6 +130,9 @@ class DiT(Denoiser):
         self.layer_names = [f"block{i}" for i in range(depth)]
         self.feature_dims = {name: width for name in self.layer_names}
         self.default_source_layer = f"block{max(depth // 2 - 1, 0)}"  # middle of the network
+        # feature tap for layer="auto": the first block after the SC source (DDAE used block
+        # 13 of 28 for DiT-XL/2); the layer x noise sweep picks the best one on validation.
+        self.default_feature_layer = f"block{min(depth // 2, depth - 1)}"
         self.selfcond: SelfConditioning | None = None
         self.sc_source = self.sc_first_target = -1
         if selfcond is not None and selfcond.enabled:

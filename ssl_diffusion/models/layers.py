@@ -15,16 +15,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+# Objectives give O(1) noise labels (DDPM t/T, EDM ln(sigma)/4, flow t). The sinusoid's
+# fastest frequency is 1 rad per unit, so an O(1) label would barely move most channels; scaling
+# by 1000 puts it in the [0, 1000] range the DiT/DDPM embeddings were designed for.
+NOISE_LABEL_SCALE = 1000.0
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0,
+                       scale: float = NOISE_LABEL_SCALE) -> Tensor:
     """Sinusoidal embedding (N,) -> (N, dim) of a float noise label; always float32.
 
-    Frequencies ``max_period ** (-i / half)`` for i < half, [cos | sin] order (GLIDE/DiT).
+    Frequencies ``max_period ** (-i / half)`` for i < half, [cos | sin] order (GLIDE/DiT),
+    applied to ``scale * t``.
     """
     half = dim // 2
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
     )  # (half,)
-    args = t.float()[:, None] * freqs[None]  # (N, half)
+    args = (t.float() * scale)[:, None] * freqs[None]  # (N, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, 2*half)
     if dim % 2:
         emb = F.pad(emb, (0, 1))

@@ -58,6 +58,7 @@ class SelfConditioning(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        self.cond_dim = cond_dim  # width of s (the condition it is added to)
         self.pool_kind = cfg.pool
         # Attention pooling with one learned query; zero query = uniform weights = mean pooling
         # at init, so the pooled vector starts from the DDAE/GAP feature and learns to focus.

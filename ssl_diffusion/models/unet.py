@@ -220,6 +220,10 @@ class UNet(Denoiser):
         self.layer_names = names
         self.feature_dims = dict(zip(names, dims))
         self.default_source_layer = "mid"  # the bottleneck: middle of the network
+        # feature tap for layer="auto": 43% into the decoder = DDAE's defaults (out_7 = dec6 of
+        # the 15 DDPM++ decoder blocks, out_6 = dec5 of the 12 DDPM ones).
+        dec = [n for n in self.layer_names if n.startswith("dec")]
+        self.default_feature_layer = dec[int(len(dec) * 0.43)]
         self.selfcond: SelfConditioning | None = None
         self.sc_source = self.sc_first_target = -1
         if selfcond is not None and selfcond.enabled:

@@ -112,6 +112,7 @@ class UViT(Denoiser):
         )
         self.feature_dims = {name: width for name in self.layer_names}
         self.default_source_layer = "mid"
+        self.default_feature_layer = "mid"  # layer="auto" feature tap (the long-skip bottleneck)
         self.selfcond: SelfConditioning | None = None
         self.sc_source = self.sc_first_target = -1
         self.sc_mode = "add_time"
