@@ -121,13 +121,14 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, args.channels, args.image_size, args.image_size, generator=gen)
     t = torch.randint(0, 1000, (args.batch,), generator=gen).float()
+    t_ours = t / 1000.0  # our denoisers take O(1) noise labels and scale them by 1000 inside
     y = torch.randint(0, args.num_classes, (args.batch,), generator=gen)
     x, t, y = x.to(device), t.to(device), y.to(device)
 
     ref.eval()
     ours.eval()
     with torch.no_grad():
-        diff = (ours(x, t, y).pred - ref(x, t, y)).abs().max().item()
+        diff = (ours(x, t_ours, y).pred - ref(x, t, y)).abs().max().item()
         pos_diff = (ours.pos_embed - ref.pos_embed).abs().max().item()
     ref.train()  # no dropout in either; the reference also drops labels (CFG) in train mode
     ours.train()
@@ -138,7 +139,7 @@ def main() -> None:
 
     def run_ours():
         ours.zero_grad(set_to_none=True)
-        ours(x, t, y).pred.square().mean().backward()
+        ours(x, t_ours, y).pred.square().mean().backward()
 
     for _ in range(args.warmup):
         run_ref()
