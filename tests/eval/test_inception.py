@@ -180,24 +180,28 @@ def test_converter_covers_every_parameter_with_torch_fidelity_shapes(
     assert torch.isnan(converted["fc.weight"]).all()  # no classifier in the TorchScript net
 
 
+@pytest.fixture(scope="module")
+def fidelity_net(converted_path: str) -> inc.InceptionFeatureNet:
+    return inc.load_inception(converted_path)
+
+
 def test_torch_fidelity_extractor_matches_torchscript_at_299(
-    ts_net: inc.InceptionFeatureNet, converted_path: str
+    ts_net: inc.InceptionFeatureNet, fidelity_net: inc.InceptionFeatureNet
 ) -> None:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    fidelity = FeatureExtractorInceptionV3("t", ["2048"], feature_extractor_weights_path=converted_path)
+    assert isinstance(fidelity_net.net, FeatureExtractorInceptionV3)
     images = _images(2, 299, seed=1)  # already 299 px: both resizes are the identity
     with torch.inference_mode():
-        (ours,) = fidelity(images)
+        ours, _ = fidelity_net.net(images)  # torch-fidelity's own forward on uint8
         ref = ts_net.net((images.float() - 128) / 128)  # the TorchScript network on its own
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
 
 
 def test_both_backends_give_the_same_features(
-    ts_net: inc.InceptionFeatureNet, converted_path: str
+    ts_net: inc.InceptionFeatureNet, fidelity_net: inc.InceptionFeatureNet
 ) -> None:
-    fidelity_net = inc.load_inception(converted_path)
     assert fidelity_net.source.kind == "user-state-dict" and not fidelity_net.has_logits
     images = _images(2, 32, seed=2)  # 32 px: each backend resizes by the TF1 convention
     torch.testing.assert_close(fidelity_net(images).pool3, ts_net(images).pool3, rtol=0, atol=1e-4)
