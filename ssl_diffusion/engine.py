@@ -17,6 +17,7 @@ from ssl_diffusion.errors import UserError
 from ssl_diffusion.loggers import truncate_metrics_csv
 from ssl_diffusion.registry import METHODS
 from ssl_diffusion.run import prepare_run_dir, run_name, update_metrics
+from ssl_diffusion.signals import GracefulInterrupt, RunInterrupted
 
 
 def quiet_lightning() -> None:
@@ -29,7 +30,7 @@ def quiet_lightning() -> None:
                     ".*LeafSpec.*", ".*is not resumable.*", ".*sync_dist=True.*",
                     ".*Trying to infer the `batch_size`.*", ".*TPU available.*",
                     ".*The number of training batches.*", ".*Checkpoint directory.*",
-                    ".*module(s) in eval mode.*"):
+                    r".*module\(s\) in eval mode.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -127,11 +128,19 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
         truncate_metrics_csv(run_dir / "metrics.csv", resume_step)
     ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
                                cfg.trainer.ckpt_every_n_steps, datamodule)
-    trainer = make_trainer(cfg, run_dir, [ckpt_cb], _loggers(cfg, run_dir, run_dir.name))
+    interrupt = GracefulInterrupt(ckpt_cb)
+    trainer = make_trainer(cfg, run_dir, [ckpt_cb, interrupt], _loggers(cfg, run_dir, run_dir.name))
     start = time.time()
-    trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
-                weights_only=True if resume else None)
+    try:
+        trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
+                    weights_only=True if resume else None)
+    finally:
+        interrupt.restore()
     train_time = time.time() - start
+    if interrupt.requested is not None:
+        raise RunInterrupted(
+            f"interrupted at step {trainer.global_step}; checkpoint saved to {ckpt_cb.last_path} — "
+            f"run the same command again to resume", interrupt.requested)
     online = {}
     if cfg.eval.online_knn or cfg.eval.online_linear:
         trainer.validate(method, datamodule=datamodule, verbose=False)
