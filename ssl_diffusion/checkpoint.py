@@ -45,6 +45,8 @@ class AtomicCheckpoint(pl.Callback):
         if not self.enabled:
             return
         path = path or self.last_path
+        for logger in trainer.loggers:  # logged rows up to this step are on disk with the ckpt
+            logger.save()
         tmp = path.with_name(f".{path.name}.tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:

@@ -59,7 +59,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         message = _worker_message(user or exc) or (str(user) if user is not None else None)
         if message is not None:
             print(f"error: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(getattr(user, "exit_code", EXIT_USER_ERROR))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"error: {type(exc).__name__}: {first} (internal error; rerun with "
               f"SSL_DIFFUSION_DEBUG=1 for the traceback)", file=sys.stderr)

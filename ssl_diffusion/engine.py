@@ -14,8 +14,10 @@ from ssl_diffusion.data.datasets import DataInfo, Splits, build_splits
 from ssl_diffusion.data.module import SSLDataModule
 from ssl_diffusion.data.transforms import eval_transform, train_transform
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.loggers import truncate_metrics_csv
 from ssl_diffusion.registry import METHODS
 from ssl_diffusion.run import prepare_run_dir, update_metrics
+from ssl_diffusion.signals import GracefulInterrupt, RunInterrupted
 
 
 def quiet_lightning() -> None:
@@ -27,7 +29,8 @@ def quiet_lightning() -> None:
     for pattern in (".*does not have many workers.*", ".*GPU available but not used.*",
                     ".*LeafSpec.*", ".*is not resumable.*", ".*sync_dist=True.*",
                     ".*Trying to infer the `batch_size`.*", ".*TPU available.*",
-                    ".*The number of training batches.*", ".*Checkpoint directory.*"):
+                    ".*The number of training batches.*", ".*Checkpoint directory.*",
+                    r".*module\(s\) in eval mode.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -48,34 +51,10 @@ def build_datamodule(cfg: Any, splits: Splits, method_cls: type) -> SSLDataModul
     return SSLDataModule(cfg, splits, train_tf, eval_tf)
 
 
-def _csv_logger(run_dir: Path) -> Any:
-    """run_dir/metrics.csv that a resumed run appends to (Lightning's writer deletes it)."""
-    import csv
-
-    from lightning_fabric.loggers.logger import rank_zero_experiment
-    from pytorch_lightning.loggers import CSVLogger
-    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
-
-    class AppendingWriter(ExperimentWriter):
-        def _check_log_dir_exists(self) -> None:
-            if self._fs.isfile(self.metrics_file_path):  # keep earlier rows and their columns
-                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                    self.metrics_keys = next(csv.reader(f), [])
-
-    class AppendingCSVLogger(CSVLogger):
-        @property
-        @rank_zero_experiment
-        def experiment(self) -> Any:
-            if self._experiment is None:
-                self._fs.makedirs(self.root_dir, exist_ok=True)
-                self._experiment = AppendingWriter(log_dir=self.log_dir)
-            return self._experiment
-
-    return AppendingCSVLogger(save_dir=str(run_dir), name="", version="")
-
-
 def _loggers(cfg: Any, run_dir: Path, name: str) -> list:
-    loggers = [_csv_logger(run_dir)]
+    from ssl_diffusion.loggers import ResumableCSVLogger
+
+    loggers = [ResumableCSVLogger(run_dir)]
     w = cfg.logger.wandb
     if w.enabled and w.mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger
@@ -143,19 +122,30 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
         ckpt = load_checkpoint_file(last)
         check_compatible(ckpt, cfg.method, method.arch_name(), last)
         resume = last
+        resume_step = int(ckpt.get("global_step", 0))
+        del ckpt
+    if resume is not None:
+        truncate_metrics_csv(run_dir / "metrics.csv", resume_step)
     ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
                                cfg.trainer.ckpt_every_n_steps, datamodule)
-    trainer = make_trainer(cfg, run_dir, [ckpt_cb], _loggers(cfg, run_dir, run_dir.name))
+    interrupt = GracefulInterrupt(ckpt_cb)
+    trainer = make_trainer(cfg, run_dir, [ckpt_cb, interrupt], _loggers(cfg, run_dir, run_dir.name))
     start = time.time()
-    trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
-                weights_only=True if resume else None)
+    try:
+        trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
+                    weights_only=True if resume else None)
+    finally:
+        interrupt.restore()
     train_time = time.time() - start
+    if interrupt.requested is not None:
+        raise RunInterrupted(
+            f"interrupted at step {trainer.global_step}; checkpoint saved to {ckpt_cb.last_path} — "
+            f"run the same command again to resume", interrupt.requested)
     online = {}
     if cfg.eval.online_knn or cfg.eval.online_linear:
         trainer.validate(method, datamodule=datamodule, verbose=False)
         online = dict(method.last_online_metrics)
     world = trainer.world_size
-    knn = getattr(cfg.eval, "knn", None)  # the eval.knn section is optional
     result = {
         "method": cfg.method,
         "dataset": cfg.data.name,
@@ -167,13 +157,7 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
                                                if method.online_linear is not None else 0),
         "train_wall_time_s": round(train_time, 2),
         "online": online,
-        "online_protocol": {
-            "knn_k": (20 if 20 in knn.k else knn.k[0]) if knn is not None else 20,
-            "knn_temperature": knn.temperature if knn is not None else 0.07,
-            "bank_size": len(datamodule.val_dataloader()[0].dataset),
-            "val_size": len(datamodule.val_dataloader()[1].dataset),
-            "split": "val",
-        },
+        "online_protocol": method.online_protocol(),
     }
     if trainer.is_global_zero:
         update_metrics(run_dir, {"pretrain": result})

@@ -70,7 +70,8 @@ class OptimConfig:
 
 @dataclass
 class EMAConfig:
-    enabled: bool = False  # keep an exponential moving average of the weights
+    enabled: bool | None = None  # EMA copy of the weights; None = the method's default
+    # (on for diffusion methods, off for SimCLR/DINO whose teacher is already an average)
     decay: float = 0.999  # EMA decay ceiling
     warmup: bool = True  # ramp the decay as min(decay, (1 + step) / (10 + step))
 

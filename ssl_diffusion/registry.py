@@ -84,6 +84,8 @@ METHODS = Registry("method", entry_point_group="ssl_diffusion.methods")
 BACKBONES = Registry("backbone", entry_point_group="ssl_diffusion.backbones")
 DATASETS = Registry("dataset", entry_point_group="ssl_diffusion.datasets")
 
-METHODS.add_builtin_modules("ssl_diffusion.methods.simclr", "ssl_diffusion.methods.dino")
+METHODS.add_builtin_modules(
+    "ssl_diffusion.methods.simclr", "ssl_diffusion.methods.dino", "ssl_diffusion.methods.ddae"
+)
 BACKBONES.add_builtin_modules("ssl_diffusion.backbones")
 DATASETS.add_builtin_modules("ssl_diffusion.data.datasets")

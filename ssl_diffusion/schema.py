@@ -23,12 +23,16 @@ from ssl_diffusion.host_config import (
     RunConfig,
     TrainerConfig,
 )
-from ssl_diffusion.methods.config import DINOConfig, SimCLRConfig
+from ssl_diffusion.eval.fid_config import FIDConfig
+from ssl_diffusion.diffusion.config import AugmentConfig, DiffusionConfig, SamplerConfig
+from ssl_diffusion.methods.config import ContrastiveConfig, DDAEConfig, DINOConfig, SimCLRConfig
+from ssl_diffusion.models.config import ModelConfig, SelfCondConfig
 
 
 @dataclass
 class EvalConfig(OnlineEvalConfig):
     features: FeatureConfig = field(default_factory=FeatureConfig)  # diffusion (layer, noise)
+    fid: FIDConfig = field(default_factory=FIDConfig)  # generation metrics (diffusion methods)
 
 
 SECTIONS: dict[str, type] = {
@@ -43,6 +47,13 @@ SECTIONS: dict[str, type] = {
     "logger": LoggerConfig,
     "simclr": SimCLRConfig,
     "dino": DINOConfig,
+    "model": ModelConfig,
+    "selfcond": SelfCondConfig,
+    "diffusion": DiffusionConfig,
+    "sampler": SamplerConfig,
+    "augment": AugmentConfig,
+    "contrastive": ContrastiveConfig,
+    "ddae": DDAEConfig,
 }
 
 _ROOT_CACHE: dict[tuple, type] = {}

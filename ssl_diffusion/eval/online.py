@@ -16,15 +16,18 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) 
     return [float(hits[:, : min(k, k_max)].any(1).float().mean()) for k in ks]
 
 
+def knn_settings(knn_cfg: Any = None) -> tuple[int, float]:
+    """The (k, T) of the online kNN: k=20 (DINO's headline k) if configured, else the first k."""
+    if knn_cfg is None:
+        return 20, 0.07
+    ks = list(knn_cfg.k)
+    return (20 if 20 in ks else ks[0]), knn_cfg.temperature
+
+
 def online_knn(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor,
                num_classes: int, knn_cfg: Any = None) -> dict[str, float]:
     """DINO weighted kNN (k=20, T=0.07 unless configured) of val queries against the bank."""
-    k = 20
-    temperature = 0.07
-    if knn_cfg is not None:
-        ks = list(knn_cfg.k)
-        k = 20 if 20 in ks else ks[0]
-        temperature = knn_cfg.temperature
+    k, temperature = knn_settings(knn_cfg)
     k = min(k, bank.shape[0])
     bank = torch.nn.functional.normalize(bank.float(), dim=1)
     queries = torch.nn.functional.normalize(queries.float(), dim=1)

@@ -53,6 +53,7 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float, schedule
 class SSLMethod(pl.LightningModule):
     default_aug: str = "simclr"  # augmentation preset when aug.preset is null
     normalization: str = "dataset"  # dataset | symmetric ([-1, 1], diffusion models)
+    default_ema: bool = False  # ema.enabled=null resolves to this
     feature_dim: int
 
     def __init__(self, cfg: Any, info: Any) -> None:
@@ -85,7 +86,8 @@ class SSLMethod(pl.LightningModule):
     def setup_shared(self) -> None:
         """Call at the end of a subclass __init__, once ``feature_dim`` is known."""
         c = self.cfg
-        if c.ema.enabled and self.ema_source() is not None:
+        ema_on = self.default_ema if c.ema.enabled is None else c.ema.enabled
+        if ema_on and self.ema_source() is not None:
             self.ema = EMA(self.ema_source(), c.ema.decay, c.ema.warmup)
         if c.eval.online_linear:
             self.online_linear = nn.Sequential(
@@ -125,8 +127,9 @@ class SSLMethod(pl.LightningModule):
             return self._nonfinite(out)
         bs = labels.shape[0]
         for name, value in out.items():
-            if name.startswith("loss"):
-                self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=bs)
+            if name != "feats" and isinstance(value, Tensor) and value.ndim == 0:
+                self.log(f"train/{name}", value.detach().float(), prog_bar=name == "loss",
+                         batch_size=bs)
         if self.online_linear is not None and "feats" in out:
             logits = self.online_linear(out["feats"].detach())
             lin_loss = F.cross_entropy(logits, labels)
@@ -184,6 +187,15 @@ class SSLMethod(pl.LightningModule):
         self.last_online_metrics = metrics
         for name, value in metrics.items():
             self.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
+
+    def online_protocol(self) -> dict[str, Any]:
+        """How the online numbers were computed (stored beside them in metrics.json)."""
+        from ssl_diffusion.eval.online import knn_settings
+
+        k, temperature = knn_settings(getattr(self.cfg.eval, "knn", None))
+        sizes = {i: sum(len(c) for c in self._val_labels.get(i, [])) for i in (0, 1)}
+        return {"split": "val", "knn_k": k, "knn_temperature": temperature,
+                "bank_size": sizes[0], "val_size": sizes[1], "linear": "online BN+Linear head"}
 
     def online_metrics(self) -> dict[str, float]:
         from ssl_diffusion.eval.online import online_knn, topk_accuracy

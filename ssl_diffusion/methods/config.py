@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -30,3 +31,35 @@ class DINOConfig:
     momentum_end: float = 1.0
     center_momentum: float = 0.9
     freeze_last_layer_steps: int = 0  # keep the last layer frozen for the first N steps
+
+
+@dataclass
+class DDAEConfig:
+    """Diffusion-model SSL (DDAE, Xiang et al. ICCV 2023; DDAE++, arXiv 2505.10999)."""
+
+    class_conditional: bool = False  # feed labels (with dropout, for CFG); SSL default: off
+    label_dropout: float = 0.1  # probability of the null label when class-conditional [EXT-CODE]
+    augment: bool = False  # EDM geometric augmentation of the diffusion input, its 9-d vector
+    # fed to the network (DDAE EDM_ddpmpp_aug; `augment.*` knobs) [DDAE-CODE]
+    online_feats_every: int = 1  # compute EMA features for the online linear probe every N steps
+
+
+@dataclass
+class ContrastiveConfig:
+    """DDAE++ contrastive self-distillation (spec §3; MoCo v3 form) — weight 0 = off."""
+
+    weight: float = 0.0  # lambda of the contrastive term [UNK]
+    warmup_steps: int = 0  # linear lambda ramp from 0 (the SC feature is meaningless at init) [INF]
+    temperature: float = 0.2  # InfoNCE tau; MoCo v3 CIFAR value in solo-learn [UNK]
+    student_sigma: float = 0.06  # distillation noise level (VE sigma) of the student views [UNK]
+    teacher_sigma: float | None = None  # teacher views' noise level; None = student_sigma [INF]
+    teacher: Literal["momentum", "ema"] = "momentum"  # own momentum copy, or the sampling EMA
+    momentum_start: float = 0.99  # teacher momentum, cosine-scheduled to momentum_end (MoCo v3)
+    momentum_end: float = 1.0
+    proj_hidden_dim: int = 2048  # projector MLP width (MoCo v3: 4096; scaled down) [INF]
+    proj_output_dim: int = 256  # projector/predictor output width (MoCo v3: 256)
+    pred_hidden_dim: int = 2048  # predictor MLP width [INF]
+    aug_p: float = 0.5  # per-transform probability of the views' geometric augmentation [UNK]
+    feature: Literal["pooled", "signal"] = "pooled"  # z (pooled source layer) or s (after SC MLP)
+    shared_pass: bool = False  # reuse the diffusion pass's z (random sigma) instead of a pass at
+    # the distillation noise level truncated after the source layer [UNK]

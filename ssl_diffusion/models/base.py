@@ -7,6 +7,7 @@ return pooled features of any named layer ("feature taps") on the way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -19,6 +20,7 @@ class DenoiserOutput:
     pred: Tensor | None  # (N, C, H, W) raw network output; None when stopped early (stop_after)
     feats: dict[str, Tensor] = field(default_factory=dict)  # layer name -> pooled (N, D_layer)
     selfcond: Tensor | None = None  # pooled source-layer vector z (N, D) before the SC MLP
+    selfcond_signal: Tensor | None = None  # s = g(t) * MLP(z) (N, D_cond) added to the condition
 
 
 class Denoiser(nn.Module):
@@ -26,7 +28,8 @@ class Denoiser(nn.Module):
 
     forward(x, noise_labels, class_labels=None, aug_labels=None, taps=(), stop_after=None)
       x:            (N, C, H, W) network input (already preconditioned by the objective)
-      noise_labels: (N,) float noise conditioning (c_noise of the objective)
+      noise_labels: (N,) float noise conditioning (c_noise of the objective, O(1); the
+                    sinusoidal embedding scales it by 1000)
       class_labels: (N,) long in [0, num_classes]; ``num_classes`` is the null class (CFG);
                     None means all-null (unconditional)
       aug_labels:   (N, aug_dim) augmentation parameters (zeros at sampling time); None = zeros
@@ -36,6 +39,8 @@ class Denoiser(nn.Module):
 
     layer_names: list[str]
     feature_dims: dict[str, int]  # layer name -> pooled feature width
+    default_source_layer: str  # self-conditioning source for source_layer="auto"
+    default_feature_layer: str  # feature tap for eval.features.layer="auto"
 
     def check_layer(self, name: str) -> str:
         from ssl_diffusion.errors import UserError, did_you_mean
@@ -44,5 +49,40 @@ class Denoiser(nn.Module):
             raise UserError(
                 f"unknown layer `{name}` for {type(self).__name__}; valid layers: "
                 f"{', '.join(self.layer_names)}{did_you_mean(name, self.layer_names)}"
+            )
+        return name
+
+    def resolve_taps(
+        self, taps: Sequence[str] | str, stop_after: str | None
+    ) -> tuple[set[str], int]:
+        """Validate ``taps`` ("all" = every layer) and ``stop_after``.
+
+        Returns the set of tapped layer names and the index of the last layer that must run.
+        """
+        if isinstance(taps, str):
+            taps = self.layer_names if taps == "all" else [taps]
+        wanted = {self.check_layer(name) for name in taps}
+        if stop_after is None:
+            return wanted, len(self.layer_names) - 1
+        last = self.layer_names.index(self.check_layer(stop_after))
+        late = [n for n in self.layer_names[last + 1 :] if n in wanted]
+        if late:
+            from ssl_diffusion.errors import UserError
+
+            raise UserError(
+                f"taps {late} lie after stop_after=`{stop_after}`; drop them or stop later"
+            )
+        return wanted, last
+
+    def resolve_source_layer(self, name: str) -> str:
+        """Self-conditioning source: "auto" -> ``default_source_layer``; else a valid layer name."""
+        from ssl_diffusion.errors import UserError, did_you_mean
+
+        if name == "auto":
+            return self.default_source_layer
+        if name not in self.layer_names:
+            raise UserError(
+                f"selfcond.source_layer `{name}` is not a layer of this {type(self).__name__}; "
+                f"valid: auto, {', '.join(self.layer_names)}{did_you_mean(name, self.layer_names)}"
             )
         return name
