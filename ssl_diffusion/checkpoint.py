@@ -51,6 +51,8 @@ class AtomicCheckpoint(pl.Callback):
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, path)
+        if path == self.last_path:
+            self._saved_step = trainer.global_step
 
     # -------------------------------------------------------------- Lightning hooks
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -71,12 +73,13 @@ class AtomicCheckpoint(pl.Callback):
         # unfinished epoch as done, and a longer rerun would skip the rest of it.
         if step % self.every == 0 or 0 < trainer.max_steps <= step:
             self.save(trainer)
-            self._saved_step = step
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.batches_in_epoch = 0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Not when this step is saved already (max_steps, or a graceful interrupt): Lightning
+        # has since counted the unfinished epoch as done, which would lose its remaining batches.
         if trainer.global_step != self._saved_step:
             self.save(trainer)
 
