@@ -8,6 +8,7 @@ of an epoch: the resumed run must skip the batches it already consumed and repla
 from __future__ import annotations
 
 import csv
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,22 @@ import torch
 
 from ssl_diffusion import engine
 from ssl_diffusion.checkpoint import load_checkpoint_file
+from ssl_diffusion.signals import RunInterrupted
 from tests.conftest import tiny_config
 
 STEPS = 7
 BATCHES_PER_EPOCH = 4  # 40 fake images, 10% val -> 36 train, batch 8, drop_last
+
+
+class SignalBeforeStep(pl.Callback):
+    """Sends this process SIGINT (a real Ctrl-C) at the start of step ``step + 1``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            signal.raise_signal(signal.SIGINT)
 
 
 class SimulatedCrash(RuntimeError):
@@ -62,7 +75,12 @@ def _assert_same_state(a: Path, b: Path) -> None:
 
 
 def _run(
-    root: Path, method: str, *overrides: str, crash_before: int | None = None, monkeypatch=None
+    root: Path,
+    method: str,
+    *overrides: str,
+    callback: pl.Callback | None = None,
+    raises: type[BaseException] | None = None,
+    monkeypatch=None,
 ) -> dict:
     cfg = tiny_config(
         root,
@@ -73,15 +91,15 @@ def _run(
         "ema.enabled=true",
         *overrides,
     )
-    if crash_before is None:
+    if callback is None:
         return engine.pretrain(cfg, None)
     original = engine.make_trainer
 
-    def with_crash(cfg, run_dir, callbacks, loggers):
-        return original(cfg, run_dir, [*callbacks, CrashBeforeStep(crash_before)], loggers)
+    def with_callback(cfg, run_dir, callbacks, loggers):
+        return original(cfg, run_dir, [*callbacks, callback], loggers)
 
-    monkeypatch.setattr(engine, "make_trainer", with_crash)
-    with pytest.raises(SimulatedCrash):
+    monkeypatch.setattr(engine, "make_trainer", with_callback)
+    with pytest.raises(raises):
         engine.pretrain(cfg, None)
     monkeypatch.setattr(engine, "make_trainer", original)
     return {}
@@ -103,7 +121,8 @@ def test_interrupted_run_resumes_to_identical_weights(
         tmp_path / "b",
         method,
         f"trainer.max_steps={STEPS}",
-        crash_before=crash_before,
+        callback=CrashBeforeStep(crash_before),
+        raises=SimulatedCrash,
         monkeypatch=monkeypatch,
     )
     partial = load_checkpoint_file(tmp_path / "b" / "r" / "last.ckpt")
@@ -133,4 +152,22 @@ def test_extending_a_finished_run_matches_an_unbroken_run(tmp_path):
     # Running the finished command once more trains nothing and leaves the weights alone.
     again = _run(tmp_path / "b", "simclr", const, f"trainer.max_steps={STEPS}")
     assert again["steps"] == STEPS
+    _assert_same_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt")
+
+
+def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    """The graceful-interrupt path: the step in flight finishes, last.ckpt is written mid-epoch
+    (3 of 4 batches of epoch 0) and the rerun continues from exactly there."""
+    _run(tmp_path / "a", "simclr", f"trainer.max_steps={STEPS}")
+    _run(
+        tmp_path / "b",
+        "simclr",
+        f"trainer.max_steps={STEPS}",
+        callback=SignalBeforeStep(2),
+        raises=RunInterrupted,
+        monkeypatch=monkeypatch,
+    )
+    saved = load_checkpoint_file(tmp_path / "b" / "r" / "last.ckpt")
+    assert (saved["global_step"], saved["epoch"]) == (3, 0)
+    assert _run(tmp_path / "b", "simclr", f"trainer.max_steps={STEPS}")["steps"] == STEPS
     _assert_same_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt")
