@@ -133,7 +133,8 @@ class KNNEvaluator:
             )
         neighbors = self.search(bank, queries)
         sims = neighbors.similarities.cpu()  # (Q, kmax)
-        labels = bank_y[neighbors.indices.cpu()]  # (Q, kmax)
+        idx = neighbors.indices.cpu()  # (Q, kmax)
+        labels = bank_y.index_select(0, idx.reshape(-1)).view(idx.shape)  # (Q, kmax)
         out: dict = {}
         for k in cfg.k:
             scores = weighted_knn_predict(sims[:, :k], labels[:, :k], num_classes, cfg.temperature)

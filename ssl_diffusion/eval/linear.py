@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -29,6 +30,7 @@ from ssl_diffusion.eval.neighbors import as_features
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 _EVAL_BATCH = 8192  # rows per forward pass at evaluation time
+_SINGLE_THREAD_MACS = 2**26  # per-step batch x dim x classes below which CPU training uses 1 thread
 
 
 class LabeledFeatures(NamedTuple):
@@ -167,38 +169,67 @@ def fit_linear_probe(
     if callable(train_feats):
         if train_labels is not None:
             raise UserError("train_labels must be None when train_feats is a callable epoch -> (feats, labels)")
-        source = train_feats
+        fixed = None
     else:
         fixed = _labeled((train_feats, train_labels), num_classes, "train")
-        source = lambda epoch: fixed  # noqa: E731 (frozen features: the same pair every epoch)
     gen = torch.Generator().manual_seed(cfg.seed)
     probe: LinearProbe | None = None
     steps = 0
     for epoch in range(cfg.epochs):
-        dim = None if probe is None else probe.linear.in_features
-        x, y = _labeled(tuple(source(epoch)), num_classes, f"train (epoch {epoch})", dim)
+        if fixed is not None:
+            x, y = fixed
+        else:
+            dim = None if probe is None else probe.linear.in_features
+            x, y = _labeled(tuple(train_feats(epoch)), num_classes, f"train (epoch {epoch})", dim)
         if x.shape[0] < 2:
             raise UserError(f"the linear probe needs >= 2 training samples, got {x.shape[0]}")
         if probe is None:
             probe = LinearProbe(x.shape[1], num_classes, generator=gen).to(x.device)
             opt = _make_optimizer(probe, cfg)
-        probe.train()
-        perm = torch.randperm(x.shape[0], generator=gen).to(x.device)  # (N,)
         bs = min(cfg.batch_size, x.shape[0])
-        num_batches = x.shape[0] // bs
-        total = 0.0
-        for b in range(num_batches):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch + b / num_batches, cfg)
-            idx = perm[b * bs : (b + 1) * bs]
-            loss = nn.functional.cross_entropy(probe(x[idx]), y[idx])  # (B, C) logits
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            steps += 1
-        train_loss = total / num_batches
+        with _threads_for(x.device, bs * x.shape[1] * num_classes):
+            train_loss = _train_epoch(probe, opt, x, y, bs, epoch, cfg, gen)
+        steps += x.shape[0] // bs
     return ProbeFit(probe.eval(), train_loss, cfg.lr * cfg.batch_size / 256, steps)
+
+
+def _train_epoch(
+    probe: LinearProbe, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, bs: int, epoch: int,
+    cfg: LinearConfig, gen: torch.Generator,
+) -> float:
+    """One pass in seeded random order; returns the mean loss. The last partial batch is dropped."""
+    probe.train()
+    perm = torch.randperm(x.shape[0], generator=gen).to(x.device)  # (N,)
+    num_batches = x.shape[0] // bs
+    total = torch.zeros((), device=x.device)
+    for b in range(num_batches):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(epoch + b / num_batches, cfg)
+        idx = perm[b * bs : (b + 1) * bs]
+        # index_select, not x[idx]: advanced indexing opens an OpenMP region even for 256 rows.
+        logits = probe(x.index_select(0, idx))  # (B, C)
+        loss = nn.functional.cross_entropy(logits, y.index_select(0, idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach()
+    return total.item() / num_batches
+
+
+@contextmanager
+def _threads_for(device: torch.device, macs_per_step: int):
+    """Run small CPU steps on one thread. A probe step on (256 x 768) -> 10 is far too small
+    for OpenMP fork/join to pay off; on the shared 2-core dev box one CIFAR-sized epoch took
+    1.7 s on one thread and 37.6 s on two (oversubscribed barriers)."""
+    if device.type != "cpu" or macs_per_step >= _SINGLE_THREAD_MACS:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @torch.no_grad()

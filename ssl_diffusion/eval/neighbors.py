@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,12 @@ import torch
 from torch import Tensor
 
 from ssl_diffusion.errors import UserError, did_you_mean
-from ssl_diffusion.eval.exact_dot import canonical_dot
+from ssl_diffusion.eval.exact_dot import canonical_dot, row_norms
 
 MARGIN = 16  # extra candidates beyond k, so the certificate rarely fails (random data: never seen)
 BACKENDS = ("auto", "faiss", "torch")
 INDEX_KINDS = ("flat", "ivf")
-_RESCORE_BYTES = 8 * 2**20  # float64 gather buffer of the re-ranking step (cache-sized)
+_RESCORE_BYTES = 8 * 2**20  # float32 gather buffer of the re-ranking step (cache-sized)
 _MATMUL_ROUNDOFF = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}  # fp32 / tf32 / bf16
 
 
@@ -82,7 +83,8 @@ def as_features(x: Tensor | np.ndarray, name: str) -> Tensor:
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise UserError(f"{name} must hold real numbers, got dtype {t.dtype}")
     t = t.float().contiguous()
-    if not bool(torch.isfinite(t).all()):
+    lo, hi = torch.aminmax(t)  # NaN propagates; one pass, ~10x faster than isfinite().all()
+    if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
         raise UserError(f"{name} contains NaN or inf; check the feature extractor (e.g. fp16 overflow)")
     return t
 
@@ -148,13 +150,15 @@ def _torch_candidates(bank: Tensor, plan: ChunkPlan) -> Callable[[Tensor, int], 
     return search
 
 
-def _canonical_ranking(queries: Tensor, bank: Tensor, cand: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k of ``cand`` (Q, C) by (-canonical similarity, index), in small gather chunks."""
-    rows = max(1, _RESCORE_BYTES // (cand.shape[1] * bank.shape[1] * 8))
+def _canonical_ranking(
+    queries: Tensor, bank: Tensor, cand: Tensor, k: int, bank_norms: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Top-k of ``cand`` (Q, C) by (-canonical similarity, index), in bounded gather chunks."""
+    rows = max(1, _RESCORE_BYTES // (cand.shape[1] * bank.shape[1] * 4))
     sims, ids = [], []
     for r0 in range(0, cand.shape[0], rows):
         c = cand[r0 : r0 + rows].sort(dim=1).values  # (r, C) ascending index: ties keep lower index
-        exact = canonical_dot(queries[r0 : r0 + rows], bank, c)  # (r, C)
+        exact = canonical_dot(queries[r0 : r0 + rows], bank, c, bank_norms)  # (r, C)
         v, order = exact.sort(dim=1, descending=True, stable=True)
         sims.append(v[:, :k])
         ids.append(c.gather(1, order[:, :k]))
@@ -167,7 +171,7 @@ def _exact_scan(
     """Exact top-k for a few queries: float64 scan, then canonical ranking of all near-ties."""
     n, dim = bank.shape
     plan = plan_chunks(len(queries), n, max_memory_mb / 2)  # float64: half the entries
-    scale = queries.double().norm(dim=1) * bank_max  # (q,) bound of |q| |b|
+    scale = row_norms(queries) * bank_max  # (q,) bound of |q| |b|
     margin = 4 * 1.05 * dim * 2.0**-53 * scale + 2.0**-22 * scale  # 2x f64 error + 2 float32 ulps
     sims, ids = [], []
     for q0 in range(0, len(queries), plan.query_chunk):
@@ -214,15 +218,16 @@ def run_search(
     """
     n, dim = bank.shape
     kc = min(k + MARGIN, n)
-    bank_max = float(torch.linalg.vector_norm(bank, dim=1).max()) * (1 + 1e-6)
+    bank_norms = row_norms(bank)  # (N,) float64
+    bank_max = float(bank_norms.max()) * (1 + 1e-6)
     sims, ids, failed = [], [], []
     for q0 in range(0, len(queries), plan.query_chunk):
         qb = queries[q0 : q0 + plan.query_chunk]  # (q, D)
         cand_v, cand_i = candidates(qb, kc)  # (q, kc)
         ok = (cand_i >= 0).all(dim=1)
-        v, i = _canonical_ranking(qb, bank, cand_i.clamp(min=0), k)  # (q, k)
+        v, i = _canonical_ranking(qb, bank, cand_i.clamp(min=0), k, bank_norms)  # (q, k)
         if certify and kc < n:
-            scale = qb.double().norm(dim=1) * bank_max  # (q,)
+            scale = row_norms(qb) * bank_max  # (q,) bound of |q| |b|
             eps = 1.05 * dim * unit_roundoff * scale + 2.0**-22 * scale
             ok &= v[:, -1].double() > cand_v[:, -1].double() + eps
         sims.append(v)
