@@ -27,7 +27,7 @@ _U64 = 2.0**-53  # unit roundoff of float64
 
 
 def _summation_bound(dim: int, scale: Tensor) -> Tensor:
-    """Worst-case float64 summation error of a length-``dim`` dot product with sum|a_i b_i| <= scale."""
+    """Worst-case float64 error of a ``dim``-term sum of exact products, sum|a_i b_i| <= scale."""
     return 1.05 * dim * _U64 * scale  # 1.05 >= 1 / (1 - dim * u) for any realistic dim
 
 
@@ -35,7 +35,9 @@ def _near_midpoint(s64: Tensor, delta: Tensor) -> Tensor:
     """Where the float32 rounding of the true value may differ from the rounding of ``s64``."""
     r32 = s64.float()
     inf = torch.full_like(r32, math.inf)
-    lower = (r32.double() + torch.nextafter(r32, -inf).double()) / 2  # float32 midpoints are exact in f64
+    lower = (
+        r32.double() + torch.nextafter(r32, -inf).double()
+    ) / 2  # float32 midpoints are exact in f64
     upper = (r32.double() + torch.nextafter(r32, inf).double()) / 2
     return ((s64 - lower).abs() <= delta) | ((s64 - upper).abs() <= delta)
 
@@ -50,7 +52,11 @@ def _round_exact(a: np.ndarray, b: np.ndarray) -> float:
     # f64 -> f32 double rounding can only go wrong when s is exactly a float32 midpoint.
     # (Compare as Python floats: numpy would cast s down to float32 against an np.float32.)
     up, down = np.float32(np.inf), np.float32(-np.inf)
-    lo, hi = (float(r), float(np.nextafter(r, up))) if s > float(r) else (float(np.nextafter(r, down)), float(r))
+    lo, hi = (
+        (float(r), float(np.nextafter(r, up)))
+        if s > float(r)
+        else (float(np.nextafter(r, down)), float(r))
+    )
     mid = (lo + hi) / 2
     if s != mid:
         return float(r)
@@ -74,7 +80,9 @@ def _float64_dots(queries: Tensor, bank: Tensor, indices: Tensor) -> Tensor:
     return torch.bmm(rows, queries.double().unsqueeze(2)).squeeze(2)
 
 
-def canonical_dot(queries: Tensor, bank: Tensor, indices: Tensor, bank_norms: Tensor | None = None) -> Tensor:
+def canonical_dot(
+    queries: Tensor, bank: Tensor, indices: Tensor, bank_norms: Tensor | None = None
+) -> Tensor:
     """Exact ``queries[i] . bank[indices[i, j]]`` rounded to float32, identical on every path.
 
     Args:
@@ -98,7 +106,9 @@ def canonical_dot(queries: Tensor, bank: Tensor, indices: Tensor, bank_norms: Te
     if bool(risky.any()):
         qi, cj = risky.nonzero(as_tuple=True)
         # Tighter bound from sum|a_i b_i| first: it clears e.g. exact zeros of orthogonal rows.
-        abs_dot = (bank[indices[qi, cj]].double().abs() * queries[qi].double().abs()).sum(dim=1)  # (R,)
+        abs_dot = (bank[indices[qi, cj]].double().abs() * queries[qi].double().abs()).sum(
+            dim=1
+        )  # (R,)
         still = _near_midpoint(s64[qi, cj], _summation_bound(dim, abs_dot))
         qi, cj = qi[still], cj[still]
         q_np = queries[qi].cpu().numpy()

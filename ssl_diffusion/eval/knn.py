@@ -67,7 +67,9 @@ def weighted_knn_predict(
 def validate_knn_config(cfg: KNNConfig) -> None:
     """Raise a UserError one-liner for an unusable ``KNNConfig``."""
     if not cfg.k or any(k < 1 for k in cfg.k):
-        raise UserError(f"knn.k={cfg.k} must be a non-empty list of positive ints, e.g. [10, 20, 100, 200]")
+        raise UserError(
+            f"knn.k={cfg.k} must be a non-empty list of positive ints, e.g. [10, 20, 100, 200]"
+        )
     if cfg.report_k not in cfg.k:
         raise UserError(f"knn.report_k={cfg.report_k} is not in knn.k={cfg.k}; pick one of {cfg.k}")
     if not cfg.temperature > 0:
@@ -76,7 +78,9 @@ def validate_knn_config(cfg: KNNConfig) -> None:
     if cfg.nlist < 1 or cfg.nprobe < 1:
         raise UserError(f"knn.nlist={cfg.nlist} and knn.nprobe={cfg.nprobe} must be >= 1")
     if cfg.chunk_size is not None and cfg.chunk_size < 1:
-        raise UserError(f"knn.chunk_size={cfg.chunk_size} must be >= 1 or null (derived from memory)")
+        raise UserError(
+            f"knn.chunk_size={cfg.chunk_size} must be >= 1 or null (derived from memory)"
+        )
     if cfg.max_memory_mb < 1:
         raise UserError(f"knn.max_memory_mb={cfg.max_memory_mb} must be >= 1, e.g. 256")
 
@@ -88,7 +92,9 @@ class KNNEvaluator:
         self.cfg = cfg if cfg is not None else KNNConfig()
         validate_knn_config(self.cfg)
 
-    def search(self, bank_feats: Tensor | np.ndarray, query_feats: Tensor | np.ndarray) -> NeighborResult:
+    def search(
+        self, bank_feats: Tensor | np.ndarray, query_feats: Tensor | np.ndarray
+    ) -> NeighborResult:
         """Neighbours for the largest k of the config."""
         cfg = self.cfg
         return knn_search(
@@ -155,4 +161,3 @@ class KNNEvaluator:
             "num_exact_fallback": neighbors.num_exact_fallback,
         }
         return out
-

@@ -46,7 +46,9 @@ FeatureFn = Callable[[int], LabeledFeatures | tuple]  # epoch -> (feats, labels)
 class LinearProbe(nn.Module):
     """BatchNorm1d without affine, then Linear (MAE linprobe head)."""
 
-    def __init__(self, dim: int, num_classes: int, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, dim: int, num_classes: int, generator: torch.Generator | None = None
+    ) -> None:
         super().__init__()
         self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)  # MAE: eps 1e-6, no affine
         self.linear = nn.Linear(dim, num_classes)
@@ -64,8 +66,17 @@ class LARS(torch.optim.Optimizer):
     plain momentum SGD without weight decay.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta})
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.001,
+    ):
+        super().__init__(
+            params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta}
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -78,7 +89,9 @@ class LARS(torch.optim.Optimizer):
                     update = update.add(p, alpha=group["weight_decay"])
                     p_norm, u_norm = p.norm(), update.norm()
                     trust = torch.where(
-                        (p_norm > 0) & (u_norm > 0), group["eta"] * p_norm / u_norm, torch.ones_like(p_norm)
+                        (p_norm > 0) & (u_norm > 0),
+                        group["eta"] * p_norm / u_norm,
+                        torch.ones_like(p_norm),
                     )
                     update = update.mul(trust)
                 buf = self.state[p].get("momentum_buffer")
@@ -97,6 +110,7 @@ class ProbeFit:
     train_loss: float  # mean cross-entropy of the last epoch
     peak_lr: float  # lr * batch_size / 256
     steps: int  # optimizer steps taken
+    num_train: int  # training samples in the last epoch
 
 
 def validate_linear_config(cfg: LinearConfig) -> None:
@@ -112,13 +126,17 @@ def validate_linear_config(cfg: LinearConfig) -> None:
             f"linear.momentum={cfg.momentum} in [0, 1)"
         )
     if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise UserError(f"linear.epochs={cfg.epochs} must be >= 1 and linear.batch_size={cfg.batch_size} >= 2")
+        raise UserError(
+            f"linear.epochs={cfg.epochs} must be >= 1 and linear.batch_size={cfg.batch_size} >= 2"
+        )
     if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-        raise UserError(f"linear.warmup_epochs={cfg.warmup_epochs} must lie in [0, linear.epochs={cfg.epochs}]")
+        raise UserError(
+            f"linear.warmup_epochs={cfg.warmup_epochs} must lie in [0, linear.epochs={cfg.epochs}]"
+        )
 
 
 def lr_at(progress: float, cfg: LinearConfig) -> float:
-    """Learning rate at fractional epoch ``progress``: linear warm-up, then half-cosine to 0 (MAE)."""
+    """Learning rate at fractional epoch ``progress``: linear warm-up, half-cosine to 0 (MAE)."""
     peak = cfg.lr * cfg.batch_size / 256
     if progress < cfg.warmup_epochs:
         return peak * progress / cfg.warmup_epochs
@@ -145,8 +163,8 @@ def _labeled(pair, num_classes: int, name: str, dim: int | None = None) -> tuple
     feats = as_features(pair[0], f"{name} features")
     if dim is not None and feats.shape[1] != dim:
         raise UserError(
-            f"{name} features have dimension {feats.shape[1]} but the training features have {dim}; "
-            "extract all splits with the same model and layer"
+            f"{name} features have dimension {feats.shape[1]} but the training features have "
+            f"{dim}; extract all splits with the same model and layer"
         )
     return feats, as_labels(pair[1], feats.shape[0], num_classes, f"{name} labels").to(feats.device)
 
@@ -168,7 +186,9 @@ def fit_linear_probe(
         raise UserError(f"num_classes={num_classes} must be >= 2 for a classifier")
     if callable(train_feats):
         if train_labels is not None:
-            raise UserError("train_labels must be None when train_feats is a callable epoch -> (feats, labels)")
+            raise UserError(
+                "train_labels must be None when train_feats is a callable epoch -> (feats, labels)"
+            )
         fixed = None
     else:
         fixed = _labeled((train_feats, train_labels), num_classes, "train")
@@ -190,12 +210,18 @@ def fit_linear_probe(
         with _threads_for(x.device, bs * x.shape[1] * num_classes):
             train_loss = _train_epoch(probe, opt, x, y, bs, epoch, cfg, gen)
         steps += x.shape[0] // bs
-    return ProbeFit(probe.eval(), train_loss, cfg.lr * cfg.batch_size / 256, steps)
+    return ProbeFit(probe.eval(), train_loss, cfg.lr * cfg.batch_size / 256, steps, x.shape[0])
 
 
 def _train_epoch(
-    probe: LinearProbe, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, bs: int, epoch: int,
-    cfg: LinearConfig, gen: torch.Generator,
+    probe: LinearProbe,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    bs: int,
+    epoch: int,
+    cfg: LinearConfig,
+    gen: torch.Generator,
 ) -> float:
     """One pass in seeded random order; returns the mean loss. The last partial batch is dropped."""
     probe.train()
@@ -237,7 +263,9 @@ def evaluate_probe(probe: LinearProbe, feats: Tensor, labels: Tensor) -> dict[st
     """Top-1/top-5 accuracy (percent) of a trained probe; BN uses its running statistics."""
     probe.eval()
     device = probe.linear.weight.device
-    logits = torch.cat([probe(feats[i : i + _EVAL_BATCH].to(device)) for i in range(0, len(feats), _EVAL_BATCH)])
+    logits = torch.cat(
+        [probe(feats[i : i + _EVAL_BATCH].to(device)) for i in range(0, len(feats), _EVAL_BATCH)]
+    )
     acc = topk_accuracy(logits, labels)
     return {"top1": acc[1], "top5": acc[5]}
 
@@ -268,7 +296,8 @@ def train_linear_probe(
         raise UserError(f"num_classes={num_classes} must be >= 2 for a classifier")
     dim = None if callable(train_feats) else torch.as_tensor(train_feats).shape[-1]
     splits = {
-        name: _labeled(tuple(pair), num_classes, f"eval split `{name}`", dim) for name, pair in eval_sets.items()
+        name: _labeled(tuple(pair), num_classes, f"eval split `{name}`", dim)
+        for name, pair in eval_sets.items()
     }
     fit = fit_linear_probe(train_feats, train_labels, num_classes, cfg)
     dim = fit.probe.linear.in_features
@@ -276,8 +305,8 @@ def train_linear_probe(
     for name, (feats, labels) in splits.items():
         if feats.shape[1] != dim:
             raise UserError(
-                f"eval split `{name}` has feature dimension {feats.shape[1]} but the probe was trained "
-                f"on {dim}; extract all splits with the same model and layer"
+                f"eval split `{name}` has feature dimension {feats.shape[1]} but the probe was "
+                f"trained on {dim}; extract all splits with the same model and layer"
             )
         acc = evaluate_probe(fit.probe, feats, labels)
         out[f"{name}_top1"], out[f"{name}_top5"] = acc["top1"], acc["top5"]
@@ -289,6 +318,7 @@ def train_linear_probe(
         "schedule": f"linear warm-up {cfg.warmup_epochs} epochs, then half-cosine to 0, per step",
         "steps": fit.steps,
         "feature_fn": callable(train_feats),
+        "train_size": fit.num_train,
         "dim": dim,
         "num_classes": num_classes,
         "units": "percent",

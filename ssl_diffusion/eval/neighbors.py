@@ -1,4 +1,4 @@
-"""k-nearest-neighbour search over a feature bank: torch or faiss, bounded memory, identical results.
+"""k-nearest-neighbour search over a feature bank: torch or faiss, bounded memory, same results.
 
 Search runs in two stages:
 
@@ -14,9 +14,14 @@ Search runs in two stages:
    rows) are answered by an exact float64 scan.
 
 So the torch and faiss backends, and every chunking, return bit-identical similarities and
-indices. Memory bound: at most ``max_memory_mb`` MiB of similarities exist at once (one float32
-query-chunk x bank-chunk block; float64 blocks of the same byte size in the exact fallback), plus
-O(query_chunk x k) candidate buffers and an ~8 MiB re-scoring buffer.
+indices (``tests/eval/test_knn.py``).
+
+Memory bound (torch backend): at most ``max_memory_mb`` MiB of similarities exist at once (one
+float32 query-chunk x bank-chunk block; float64 blocks of the same byte size in the exact
+fallback), plus O(query_chunk x k) candidate buffers and an ~8 MiB re-scoring buffer. With the
+defaults (256 MiB) a 1M x 768 bank is scanned in 256-query x 262144-row blocks. The faiss backend
+bounds its own blocks (4096 x 1024 floats = 16 MiB) and, unless ``chunk_size`` is set, is called
+with up to 16384 queries at a time.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ MARGIN = 16  # extra candidates beyond k, so the certificate rarely fails (rando
 BACKENDS = ("auto", "faiss", "torch")
 INDEX_KINDS = ("flat", "ivf")
 _RESCORE_BYTES = 8 * 2**20  # float32 gather buffer of the re-ranking step (cache-sized)
+_FAISS_QUERY_CHUNK = 16384  # queries per faiss search call when chunk_size is not set
 _MATMUL_ROUNDOFF = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}  # fp32 / tf32 / bf16
 
 
@@ -79,13 +85,17 @@ def as_features(x: Tensor | np.ndarray, name: str) -> Tensor:
     """A (N, D) float32 tensor of finite features, or a UserError naming ``name``."""
     t = torch.as_tensor(x)
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
-        raise UserError(f"{name} must be a non-empty (N, D) feature matrix, got shape {tuple(t.shape)}")
+        raise UserError(
+            f"{name} must be a non-empty (N, D) feature matrix, got shape {tuple(t.shape)}"
+        )
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise UserError(f"{name} must hold real numbers, got dtype {t.dtype}")
     t = t.float().contiguous()
     lo, hi = torch.aminmax(t)  # NaN propagates; one pass, ~10x faster than isfinite().all()
     if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
-        raise UserError(f"{name} contains NaN or inf; check the feature extractor (e.g. fp16 overflow)")
+        raise UserError(
+            f"{name} contains NaN or inf; check the feature extractor (e.g. fp16 overflow)"
+        )
     return t
 
 
@@ -96,7 +106,9 @@ def _check_queries(bank_shape: tuple[int, int], queries: Tensor, k: int) -> None
             "extract both with the same model and layer"
         )
     if not 1 <= k <= bank_shape[0]:
-        raise UserError(f"k={k} is outside [1, bank size {bank_shape[0]}]; lower k or use a larger bank")
+        raise UserError(
+            f"k={k} is outside [1, bank size {bank_shape[0]}]; lower k or use a larger bank"
+        )
 
 
 def _normalized(x: Tensor, normalize: bool) -> Tensor:
@@ -106,7 +118,8 @@ def _normalized(x: Tensor, normalize: bool) -> Tensor:
 def _check_choice(value: str, choices: tuple[str, ...], field: str) -> str:
     if value not in choices:
         raise UserError(
-            f"unknown {field} `{value}`; choose one of {', '.join(choices)}{did_you_mean(value, choices)}"
+            f"unknown {field} `{value}`; choose one of {', '.join(choices)}"
+            f"{did_you_mean(value, choices)}"
         )
     return value
 
@@ -127,11 +140,15 @@ def _import_faiss():
     try:
         import faiss
     except ImportError as e:
-        raise UserError("the faiss backend needs faiss: pip install faiss-cpu (or knn.backend=torch)") from e
+        raise UserError(
+            "the faiss backend needs faiss: pip install faiss-cpu (or knn.backend=torch)"
+        ) from e
     return faiss
 
 
-def _torch_candidates(bank: Tensor, plan: ChunkPlan) -> Callable[[Tensor, int], tuple[Tensor, Tensor]]:
+def _torch_candidates(
+    bank: Tensor, plan: ChunkPlan
+) -> Callable[[Tensor, int], tuple[Tensor, Tensor]]:
     """Float32 top-``kc`` by matmul + topk, scanning the bank in ``plan.bank_chunk`` blocks."""
 
     def search(queries: Tensor, kc: int) -> tuple[Tensor, Tensor]:
@@ -142,7 +159,9 @@ def _torch_candidates(bank: Tensor, plan: ChunkPlan) -> Callable[[Tensor, int], 
             del sims  # free before the next block is allocated
             i += b0
             if best_v is not None:
-                v, j = torch.cat([best_v, v], dim=1).topk(min(kc, best_v.shape[1] + v.shape[1]), dim=1)
+                v, j = torch.cat([best_v, v], dim=1).topk(
+                    min(kc, best_v.shape[1] + v.shape[1]), dim=1
+                )
                 i = torch.cat([best_i, i], dim=1).gather(1, j)
             best_v, best_i = v, i
         return best_v, best_i
@@ -150,28 +169,50 @@ def _torch_candidates(bank: Tensor, plan: ChunkPlan) -> Callable[[Tensor, int], 
     return search
 
 
+def _total_order_topk(sims: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k of each row by (-similarity, index): sort by index, then stable sort by similarity."""
+    by_index = ids.argsort(dim=1)  # rows hold distinct indices
+    sims, ids = sims.gather(1, by_index), ids.gather(1, by_index)
+    sims, order = sims.sort(dim=1, descending=True, stable=True)
+    return sims[:, :k], ids.gather(1, order[:, :k])
+
+
 def _canonical_ranking(
     queries: Tensor, bank: Tensor, cand: Tensor, k: int, bank_norms: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Top-k of ``cand`` (Q, C) by (-canonical similarity, index), in bounded gather chunks."""
-    rows = max(1, _RESCORE_BYTES // (cand.shape[1] * bank.shape[1] * 4))
+    """Top-k of ``cand`` (Q, C) by (-canonical similarity, index), gathering <= ~8 MiB at once."""
+    row_bytes = bank.shape[1] * 4
+    if cand.shape[1] * row_bytes > _RESCORE_BYTES:  # few queries with many candidates (exact scan)
+        width = max(k, _RESCORE_BYTES // row_bytes)
+        sims, ids = [], []
+        for r in range(cand.shape[0]):
+            best = None
+            for c0 in range(0, cand.shape[1], width):
+                c = cand[r : r + 1, c0 : c0 + width]  # (1, w)
+                v = canonical_dot(queries[r : r + 1], bank, c, bank_norms)  # (1, w)
+                if best is not None:
+                    v, c = torch.cat([best[0], v], dim=1), torch.cat([best[1], c], dim=1)
+                best = _total_order_topk(v, c, k)
+            sims.append(best[0])
+            ids.append(best[1])
+        return torch.cat(sims), torch.cat(ids)
+    rows = max(1, _RESCORE_BYTES // (cand.shape[1] * row_bytes))
     sims, ids = [], []
     for r0 in range(0, cand.shape[0], rows):
-        c = cand[r0 : r0 + rows].sort(dim=1).values  # (r, C) ascending index: ties keep lower index
-        exact = canonical_dot(queries[r0 : r0 + rows], bank, c, bank_norms)  # (r, C)
-        v, order = exact.sort(dim=1, descending=True, stable=True)
-        sims.append(v[:, :k])
-        ids.append(c.gather(1, order[:, :k]))
+        c = cand[r0 : r0 + rows]  # (r, C)
+        v, i = _total_order_topk(canonical_dot(queries[r0 : r0 + rows], bank, c, bank_norms), c, k)
+        sims.append(v)
+        ids.append(i)
     return torch.cat(sims), torch.cat(ids)
 
 
 def _exact_scan(
-    queries: Tensor, bank: Tensor, k: int, bank_max: float, max_memory_mb: float
+    queries: Tensor, bank: Tensor, k: int, bank_norms: Tensor, max_memory_mb: float
 ) -> tuple[Tensor, Tensor]:
     """Exact top-k for a few queries: float64 scan, then canonical ranking of all near-ties."""
     n, dim = bank.shape
     plan = plan_chunks(len(queries), n, max_memory_mb / 2)  # float64: half the entries
-    scale = row_norms(queries) * bank_max  # (q,) bound of |q| |b|
+    scale = row_norms(queries) * bank_norms.max()  # (q,) bound of |q| |b|
     margin = 4 * 1.05 * dim * 2.0**-53 * scale + 2.0**-22 * scale  # 2x f64 error + 2 float32 ulps
     sims, ids = [], []
     for q0 in range(0, len(queries), plan.query_chunk):
@@ -194,7 +235,7 @@ def _exact_scan(
         rows, cols = torch.cat(hits_r), torch.cat(hits_c)
         for row in range(len(q64)):
             cand = cols[rows == row][None]  # (1, C), C >= k
-            v, i = _canonical_ranking(queries[q0 + row : q0 + row + 1], bank, cand, k)
+            v, i = _canonical_ranking(queries[q0 + row : q0 + row + 1], bank, cand, k, bank_norms)
             sims.append(v)
             ids.append(i)
     return torch.cat(sims), torch.cat(ids)
@@ -218,8 +259,8 @@ def run_search(
     """
     n, dim = bank.shape
     kc = min(k + MARGIN, n)
-    bank_norms = row_norms(bank)  # (N,) float64
-    bank_max = float(bank_norms.max()) * (1 + 1e-6)
+    bank_norms = row_norms(bank)  # (N,) float64 upper bounds
+    bank_max = bank_norms.max()
     sims, ids, failed = [], [], []
     for q0 in range(0, len(queries), plan.query_chunk):
         qb = queries[q0 : q0 + plan.query_chunk]  # (q, D)
@@ -235,7 +276,7 @@ def run_search(
         failed.append((~ok).nonzero().squeeze(1) + q0)
     sims_t, ids_t, failed_t = torch.cat(sims), torch.cat(ids), torch.cat(failed)
     if len(failed_t):
-        v, i = _exact_scan(queries[failed_t], bank, k, bank_max, max_memory_mb)
+        v, i = _exact_scan(queries[failed_t], bank, k, bank_norms, max_memory_mb)
         sims_t[failed_t], ids_t[failed_t] = v, i
     return NeighborResult(sims_t, ids_t, num_exact_fallback=len(failed_t))
 
@@ -273,7 +314,9 @@ def knn_search(
     queries_t = _normalized(queries_t.to(bank_t.device), normalize)
     if backend == "faiss":
         built = FaissIndex.build(bank_t, index=index, normalize=False, nlist=nlist, nprobe=nprobe)
-        return built.search(queries_t, k, backend="faiss", chunk_size=chunk_size, max_memory_mb=max_memory_mb)
+        return built.search(
+            queries_t, k, backend="faiss", chunk_size=chunk_size, max_memory_mb=max_memory_mb
+        )
     plan = plan_chunks(len(queries_t), len(bank_t), max_memory_mb, chunk_size)
     return run_search(
         bank_t,
@@ -346,7 +389,9 @@ class FaissIndex:
         import faiss
 
         flat = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d)
-        return torch.from_numpy(flat.reshape(index.ntotal, index.d))  # view; self.index keeps it alive
+        return torch.from_numpy(
+            flat.reshape(index.ntotal, index.d)
+        )  # view; self.index keeps it alive
 
     def _faiss_candidates(self, queries: Tensor, kc: int) -> tuple[Tensor, Tensor]:
         vals, idx = self.index.search(queries.cpu().numpy(), kc)  # (q, kc) each
@@ -368,9 +413,16 @@ class FaissIndex:
         queries_t = _normalized(queries_t, self.normalize)
         plan = plan_chunks(len(queries_t), len(self), max_memory_mb, chunk_size)
         if backend == "torch":
-            candidates, roundoff = _torch_candidates(self.vectors, plan), _MATMUL_ROUNDOFF[torch.get_float32_matmul_precision()]
+            candidates, roundoff = (
+                _torch_candidates(self.vectors, plan),
+                _MATMUL_ROUNDOFF[torch.get_float32_matmul_precision()],
+            )
         else:
             candidates, roundoff = self._faiss_candidates, 2.0**-24  # faiss-cpu: IEEE float32 sgemm
+            if chunk_size is None:
+                # faiss bounds its own similarity blocks (4096 x 1024 floats); large calls keep
+                # its threads busy, our chunk only bounds the (q, k) result buffers.
+                plan = ChunkPlan(min(len(queries_t), _FAISS_QUERY_CHUNK), len(self))
         return run_search(
             self.vectors,
             queries_t,
@@ -398,7 +450,9 @@ class FaissIndex:
         """Read an index written by :meth:`save`."""
         faiss = _import_faiss()
         if not Path(path).is_file():
-            raise UserError(f"no faiss index at {path}; build one with FaissIndex.build(...).save(path)")
+            raise UserError(
+                f"no faiss index at {path}; build one with FaissIndex.build(...).save(path)"
+            )
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             index = faiss.deserialize_index(data["index"])

@@ -10,9 +10,16 @@ import pytest
 import torch
 
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.eval import neighbors
 from ssl_diffusion.eval.config import KNNConfig
 from ssl_diffusion.eval.exact_dot import canonical_dot
-from ssl_diffusion.eval.knn import FaissIndex, KNNEvaluator, build_index, knn_search, weighted_knn_predict
+from ssl_diffusion.eval.knn import (
+    FaissIndex,
+    KNNEvaluator,
+    build_index,
+    knn_search,
+    weighted_knn_predict,
+)
 from ssl_diffusion.eval.neighbors import plan_chunks
 
 
@@ -37,7 +44,10 @@ def _exact_f32(a: np.ndarray, b: np.ndarray) -> float:
     r = np.float32(float(exact))  # float(Fraction) is correctly rounded to float64
     # Resolve the f64 -> f32 double rounding directly against the rational value.
     lo, hi = np.nextafter(r, np.float32(-np.inf)), np.nextafter(r, np.float32(np.inf))
-    best = min((lo, r, hi), key=lambda c: (abs(Fraction(float(c)) - exact), int(np.float32(c).view(np.int32)) & 1))
+    best = min(
+        (lo, r, hi),
+        key=lambda c: (abs(Fraction(float(c)) - exact), int(np.float32(c).view(np.int32)) & 1),
+    )
     return float(best)
 
 
@@ -59,7 +69,10 @@ def test_canonical_dot_is_correctly_rounded_on_random_data():
     "a, expected",
     [
         ([1.0, 2.0**-24], 1.0),  # exact float32 midpoint: ties to even
-        ([1.0, 2.0**-24, 2.0**-60], 1.0 + 2.0**-23),  # float64 sum lands on the midpoint; exact is above
+        (
+            [1.0, 2.0**-24, 2.0**-60],
+            1.0 + 2.0**-23,
+        ),  # float64 sum lands on the midpoint; exact is above
         ([2.0**-60, 1.0, -1.0], 2.0**-60),  # catastrophic cancellation in float64
         ([1.0, -1.0, 0.0], 0.0),
     ],
@@ -75,7 +88,9 @@ def test_canonical_dot_does_not_depend_on_batch_context():
     idx = torch.randint(0, 300, (5, 37), generator=torch.Generator().manual_seed(3))
     full = canonical_dot(q, bank, idx)
     for i in range(5):
-        assert torch.equal(canonical_dot(q[i : i + 1], bank, idx[i : i + 1, 5:20]), full[i : i + 1, 5:20])
+        assert torch.equal(
+            canonical_dot(q[i : i + 1], bank, idx[i : i + 1, 5:20]), full[i : i + 1, 5:20]
+        )
 
 
 # ----------------------------------------------------------------------------------- search
@@ -116,13 +131,32 @@ def test_ties_broken_by_lower_index_on_every_backend():
     queries = torch.randint(-2, 3, (60, 6), generator=g).float()
     _, ref_idx = _reference_topk(bank.numpy(), queries.numpy(), 40, normalize=False)
     for backend, chunk, mem in [("torch", None, 256), ("torch", 9, 0.003), ("faiss", 11, 256)]:
-        r = knn_search(bank, queries, 40, backend=backend, normalize=False, chunk_size=chunk, max_memory_mb=mem)
+        r = knn_search(
+            bank, queries, 40, backend=backend, normalize=False, chunk_size=chunk, max_memory_mb=mem
+        )
         np.testing.assert_array_equal(r.indices.numpy(), ref_idx)
         assert r.num_exact_fallback > 0  # heavy ties exercise the exact scan
 
 
+def test_all_equal_bank_returns_lowest_indices_with_small_buffers(monkeypatch):
+    # Every similarity ties: the certificate fails and the exact scan ranks all 1000 rows, in
+    # column chunks of 128 rows (forced small re-scoring buffer).
+    monkeypatch.setattr(neighbors, "_RESCORE_BYTES", 128 * 8 * 4)
+    bank = torch.ones(1000, 8)
+    queries = _features(3, 8, 0)
+    for backend in ("torch", "faiss"):
+        r = knn_search(bank, queries, 20, backend=backend, max_memory_mb=0.01)
+        assert r.num_exact_fallback == 3
+        assert torch.equal(r.indices, torch.arange(20).expand(3, 20))
+
+
 def test_plan_chunks_respects_memory_bound():
-    for q, n, mem, chunk in [(10_000, 1_000_000, 256, None), (50, 10, 1, None), (7, 5000, 0.01, 3), (3000, 50_000, 64, 512)]:
+    for q, n, mem, chunk in [
+        (10_000, 1_000_000, 256, None),
+        (50, 10, 1, None),
+        (7, 5000, 0.01, 3),
+        (3000, 50_000, 64, 512),
+    ]:
         plan = plan_chunks(q, n, mem, chunk)
         assert plan.query_chunk * plan.bank_chunk * 4 <= mem * 2**20
         assert 1 <= plan.query_chunk <= q and 1 <= plan.bank_chunk <= n
@@ -135,7 +169,9 @@ def test_ivf_with_all_cells_probed_equals_flat(tmp_path):
     flat = knn_search(bank, queries, 25)
     ivf = build_index(bank, index="ivf", nlist=8, nprobe=8)  # every cell scanned: exhaustive
     got = ivf.search(queries, 25)
-    assert torch.equal(got.indices, flat.indices) and torch.equal(got.similarities, flat.similarities)
+    assert torch.equal(got.indices, flat.indices) and torch.equal(
+        got.similarities, flat.similarities
+    )
     ivf.save(tmp_path / "gallery.ivf")
     again = FaissIndex.load(tmp_path / "gallery.ivf").search(queries, 25)
     assert torch.equal(again.indices, flat.indices)
@@ -150,7 +186,9 @@ def test_flat_index_save_load_roundtrip(tmp_path):
     direct = knn_search(bank, queries, 5)
     for backend in ("faiss", "torch"):
         got = loaded.search(queries, 5, backend=backend)
-        assert torch.equal(got.indices, direct.indices) and torch.equal(got.similarities, direct.similarities)
+        assert torch.equal(got.indices, direct.indices) and torch.equal(
+            got.similarities, direct.similarities
+        )
 
 
 # ------------------------------------------------------------------------------------- vote
@@ -171,8 +209,13 @@ def test_weighted_vote_matches_numpy_reference():
     ours = weighted_knn_predict(sims, labels, 7, 0.07).numpy()
     ref = _numpy_vote(sims.double().numpy(), labels.numpy(), 7, 0.07)
     # Rows are rescaled by exp(-max_sim / T): compare normalised vote shares and rankings.
-    np.testing.assert_allclose(ours / ours.sum(1, keepdims=True), ref / ref.sum(1, keepdims=True), rtol=1e-12)
-    np.testing.assert_array_equal(np.argsort(-ours, axis=1, kind="stable")[:, :5], np.argsort(-ref, axis=1, kind="stable")[:, :5])
+    np.testing.assert_allclose(
+        ours / ours.sum(1, keepdims=True), ref / ref.sum(1, keepdims=True), rtol=1e-12
+    )
+    np.testing.assert_array_equal(
+        np.argsort(-ours, axis=1, kind="stable")[:, :5],
+        np.argsort(-ref, axis=1, kind="stable")[:, :5],
+    )
 
 
 def test_evaluator_matches_numpy_reference_top1_top5():
@@ -185,7 +228,9 @@ def test_evaluator_matches_numpy_reference_top1_top5():
         scores = _numpy_vote(sims, bank_y.numpy()[idx], 8, 0.07)
         order = np.argsort(-scores, axis=1, kind="stable")
         assert out[f"knn_top1@k{k}"] == pytest.approx(100 * np.mean(order[:, 0] == query_y.numpy()))
-        assert out[f"knn_top5@k{k}"] == pytest.approx(100 * np.mean((order[:, :5] == query_y.numpy()[:, None]).any(1)))
+        assert out[f"knn_top5@k{k}"] == pytest.approx(
+            100 * np.mean((order[:, :5] == query_y.numpy()[:, None]).any(1))
+        )
     assert out["knn_top1"] == out["knn_top1@k5"] and out["knn_top5"] == out["knn_top5@k5"]
     assert out["protocol"]["backend"] == "torch" and out["protocol"]["bank_size"] == 200
 
@@ -197,12 +242,15 @@ def test_agrees_with_lightly_knn_predict():
     queries = torch.nn.functional.normalize(_features(80, 32, 15), dim=1)
     bank_y = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(16))
     for k, t in [(20, 0.07), (200, 0.1)]:
-        lightly_pred = knn_predict(queries, bank.T.contiguous(), bank_y, 10, knn_k=k, knn_t=t)  # bank is (D, N)
+        lightly_pred = knn_predict(
+            queries, bank.T.contiguous(), bank_y, 10, knn_k=k, knn_t=t
+        )  # bank is (D, N)
         r = knn_search(bank, queries, k)
         ours = weighted_knn_predict(r.similarities, bank_y[r.indices], 10, t)
         np.testing.assert_array_equal(ours.argmax(dim=1).numpy(), lightly_pred[:, 0].numpy())
         np.testing.assert_array_equal(
-            ours.argsort(dim=1, descending=True, stable=True)[:, :5].numpy(), lightly_pred[:, :5].numpy()
+            ours.argsort(dim=1, descending=True, stable=True)[:, :5].numpy(),
+            lightly_pred[:, :5].numpy(),
         )
 
 
@@ -210,10 +258,17 @@ def test_all_k_from_one_search_equal_separate_searches():
     bank, queries = _features(300, 16, 17), _features(30, 16, 18)
     bank_y = torch.arange(300) % 6
     query_y = torch.arange(30) % 6
-    joint = KNNEvaluator(KNNConfig(k=[3, 50], report_k=3)).evaluate(bank, bank_y, queries, query_y, 6)
+    joint = KNNEvaluator(KNNConfig(k=[3, 50], report_k=3)).evaluate(
+        bank, bank_y, queries, query_y, 6
+    )
     for k in (3, 50):
-        alone = KNNEvaluator(KNNConfig(k=[k], report_k=k)).evaluate(bank, bank_y, queries, query_y, 6)
-        assert joint[f"knn_top1@k{k}"] == alone["knn_top1"] and joint[f"knn_top5@k{k}"] == alone["knn_top5"]
+        alone = KNNEvaluator(KNNConfig(k=[k], report_k=k)).evaluate(
+            bank, bank_y, queries, query_y, 6
+        )
+        assert (
+            joint[f"knn_top1@k{k}"] == alone["knn_top1"]
+            and joint[f"knn_top5@k{k}"] == alone["knn_top5"]
+        )
 
 
 def test_separable_clusters_reach_full_accuracy():
@@ -232,7 +287,13 @@ def test_separable_clusters_reach_full_accuracy():
 @pytest.mark.parametrize(
     "cfg, bank_n, query_d, labels_hi, match",
     [
-        (KNNConfig(k=[10, 200], report_k=10), 100, 8, 3, "asks for 200 neighbours but the bank has 100"),
+        (
+            KNNConfig(k=[10, 200], report_k=10),
+            100,
+            8,
+            3,
+            "asks for 200 neighbours but the bank has 100",
+        ),
         (KNNConfig(k=[10], report_k=10), 100, 9, 3, "dimension 9 but the bank has 8"),
         (KNNConfig(k=[10], report_k=10), 100, 8, 4, r"labels span \[0, 4\] but num_classes=4"),
     ],

@@ -64,8 +64,12 @@ def test_same_seed_same_result_other_seed_differs():
     cfg = LinearConfig(epochs=2, warmup_epochs=1, batch_size=32, seed=7)
     a = fit_linear_probe(x, y, 3, cfg).probe
     b = fit_linear_probe(x, y, 3, cfg).probe
-    c = fit_linear_probe(x, y, 3, LinearConfig(epochs=2, warmup_epochs=1, batch_size=32, seed=8)).probe
-    assert torch.equal(a.linear.weight, b.linear.weight) and torch.equal(a.bn.running_mean, b.bn.running_mean)
+    c = fit_linear_probe(
+        x, y, 3, LinearConfig(epochs=2, warmup_epochs=1, batch_size=32, seed=8)
+    ).probe
+    assert torch.equal(a.linear.weight, b.linear.weight) and torch.equal(
+        a.bn.running_mean, b.bn.running_mean
+    )
     assert not torch.equal(a.linear.weight, c.linear.weight)
 
 
@@ -91,10 +95,14 @@ def test_lars_step_matches_trust_ratio_formula():
     w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # |w| = 5
     b = torch.nn.Parameter(torch.tensor([1.0]))
     w.grad, b.grad = torch.tensor([[0.0, 2.0]]), torch.tensor([0.5])
-    LARS([{"params": [w], "weight_decay": 0.5}, {"params": [b], "weight_decay": 0.0}], lr=0.1).step()
+    LARS(
+        [{"params": [w], "weight_decay": 0.5}, {"params": [b], "weight_decay": 0.0}], lr=0.1
+    ).step()
     update = np.array([0.0, 2.0]) + 0.5 * np.array([3.0, 4.0])  # grad + wd * w
     trust = 0.001 * 5.0 / np.linalg.norm(update)
-    np.testing.assert_allclose(w.detach().numpy()[0], np.array([3.0, 4.0]) - 0.1 * trust * update, rtol=1e-6)
+    np.testing.assert_allclose(
+        w.detach().numpy()[0], np.array([3.0, 4.0]) - 0.1 * trust * update, rtol=1e-6
+    )
     assert b.item() == pytest.approx(1.0 - 0.1 * 0.5)  # bias: plain SGD, no trust ratio
 
 
@@ -122,7 +130,9 @@ def test_bad_inputs_raise_user_error():
     with pytest.raises(UserError, match=r"labels span \[0, 2\] but num_classes=2"):
         train_linear_probe(x, y, {}, 2, FAST)
     with pytest.raises(UserError, match="dimension 5 but the training features have 8"):
-        train_linear_probe(x, y, {"test": (torch.randn(4, 5), torch.zeros(4, dtype=torch.long))}, 3, FAST)
+        train_linear_probe(
+            x, y, {"test": (torch.randn(4, 5), torch.zeros(4, dtype=torch.long))}, 3, FAST
+        )
     with pytest.raises(UserError, match=r"must have shape \(100,\)"):
         train_linear_probe(x, y[:50], {}, 3, FAST)
     with pytest.raises(UserError, match="warmup_epochs=20"):
