@@ -15,7 +15,7 @@ from typing import Literal
 class KNNConfig:
     """Weighted kNN on frozen features (DINO ``eval_knn.py`` protocol, Caron et al. 2021).
 
-    ``backend=auto`` picks torch for flat search (2.5-10x faster than faiss-cpu flat search on the
+    ``backend=auto`` picks torch for flat search (2.3-8x faster than faiss-cpu flat search on the
     dev CPU, benchmarks/README.md) and faiss for IVF. ``max_memory_mb`` bounds one float32
     (query chunk x bank chunk) similarity block, so a 1M-row bank never materialises all its
     similarities at once (dino issue #161).
@@ -41,7 +41,7 @@ class LinearConfig:
     0, batch 16384, 90 epochs, 10 warm-up epochs. A 16384 batch leaves ~3 steps per epoch on a
     50k-image dataset, so the defaults keep MAE's schedule (90 epochs, 10 warm-up, wd 0, base lr
     0.1 scaled by batch/256) with momentum SGD at batch 256 (~195 steps/epoch on CIFAR; measured
-    ~0.25 s/epoch for 50k x 768 features on one CPU core). For ImageNet use
+    ~0.3 s/epoch, so ~30 s in all, for 50k x 768 features on one CPU core). For ImageNet use
     ``optimizer=lars batch_size=16384``: LARS steps are 0.001 x the weight norm and need that lr.
     """
 

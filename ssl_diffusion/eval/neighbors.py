@@ -125,7 +125,7 @@ def _check_choice(value: str, choices: tuple[str, ...], field: str) -> str:
 
 
 def resolve_backend(backend: str, index: str) -> str:
-    """``auto`` -> torch for flat search (2.5-10x faster than faiss-cpu flat on the dev CPU,
+    """``auto`` -> torch for flat search (2.3-8x faster than faiss-cpu flat on the dev CPU,
     benchmarks/README.md), faiss for IVF (torch has no IVF)."""
     _check_choice(backend, BACKENDS, "knn backend")
     _check_choice(index, INDEX_KINDS, "knn index")
