@@ -114,6 +114,8 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     method_cls = method_class(cfg)
     method = build_method(cfg, splits.info)
     datamodule = build_datamodule(cfg, splits, method_cls)
+    if cfg.trainer.compile:
+        method.compile_networks()  # nn.Module.compile: in place, checkpoint keys unchanged
     # The run directory first: run.overwrite=true may move an old run (and its last.ckpt) aside.
     run_dir = prepare_run_dir(cfg, recipe)
     resume = None

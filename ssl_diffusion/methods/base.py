@@ -82,6 +82,14 @@ class SSLMethod(pl.LightningModule):
     def validate_config(self) -> None:
         """Method-specific config checks (raise UserError)."""
 
+    def compile_targets(self) -> list[nn.Module]:
+        """Networks compiled in place by ``trainer.compile=true`` (state-dict keys unchanged)."""
+        return [m for m in (getattr(self, "backbone", None), getattr(self, "net", None)) if m is not None]
+
+    def compile_networks(self) -> None:
+        for module in self.compile_targets():
+            module.compile()
+
     # ------------------------------------------------------------------ construction helpers
     def setup_shared(self) -> None:
         """Call at the end of a subclass __init__, once ``feature_dim`` is known."""
