@@ -134,7 +134,10 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     datamodule = build_datamodule(cfg, splits, method_cls)
     # The run directory first: run.overwrite=true may move an old run (and its last.ckpt) aside.
     rank_zero = is_launch_rank_zero()
-    run_dir = prepare_run_dir(cfg, recipe) if rank_zero else Path(cfg.run.root) / run_name(cfg, recipe)
+    if rank_zero:
+        run_dir = prepare_run_dir(cfg, recipe)
+    else:  # launched by rank 0 once it had prepared the directory
+        run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
     resume = None
     last = run_dir / "last.ckpt"
     if cfg.run.resume and last.exists():
@@ -148,7 +151,8 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
                                cfg.trainer.ckpt_every_n_steps, datamodule)
     interrupt = GracefulInterrupt(ckpt_cb)
-    trainer = make_trainer(cfg, run_dir, [ckpt_cb, interrupt], _loggers(cfg, run_dir, run_dir.name, rank_zero))
+    loggers = _loggers(cfg, run_dir, run_dir.name, rank_zero)
+    trainer = make_trainer(cfg, run_dir, [ckpt_cb, interrupt], loggers)
     start = time.time()
     try:
         trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,

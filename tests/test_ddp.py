@@ -13,7 +13,6 @@ of the same checkpoint on the same bank and val images.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +95,96 @@ def test_gather_rows_concatenates_unequal_shards_in_rank_order(tmp_path):
     for out in run_on_ranks("_gather_case", tmp_path):
         assert torch.equal(out["x"], expected_x)
         assert out["y"].tolist() == [0, 0, 0, 1]
+
+
+def test_datamodule_shards_the_online_eval_loaders_by_rank(tiny_cfg):
+    """Under DDP each rank embeds its padded block; together they are the one-process loaders."""
+    from ssl_diffusion.data.datasets import build_splits
+    from ssl_diffusion.engine import build_datamodule, method_class
+
+    cfg = tiny_cfg("method=simclr", "trainer.max_steps=1", "eval.bank_size=23", "eval.val_size=3")
+    dm = build_datamodule(cfg, build_splits(cfg.data), method_class(cfg))
+
+    def rows(world: int, rank: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank) if world > 1 else None
+        return [[(x, y) for x, y in loader] for loader in dm.val_dataloader()]
+
+    single = rows(1, 0)
+    ranks = [rows(WORLD, r) for r in range(WORLD)]
+    dm.trainer = None
+    for idx, (n, per_rank) in enumerate([(23, 12), (3, 2)]):  # bank, val
+        assert [sum(len(y) for _, y in r[idx]) for r in ranks] == [per_rank] * WORLD
+        x = torch.cat([x for r in ranks for x, _ in r[idx]])
+        y = torch.cat([y for r in ranks for _, y in r[idx]])
+        keep = y != PAD_LABEL
+        assert int(keep.sum()) == n
+        assert torch.equal(x[keep], torch.cat([x for x, _ in single[idx]]))
+        assert torch.equal(y[keep], torch.cat([y for _, y in single[idx]]))
+
+
+class _Rows(Dataset):
+    """((feature, logits), label) rows standing in for the eval loaders' (image, label)."""
+
+    def __init__(self, feats: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.feats, self.logits, self.labels = feats, logits, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+        return (self.feats[i], self.logits[i]), int(self.labels[i])
+
+
+def _online_eval_data() -> list[_Rows]:
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(10, 6, generator=g)
+    out = []
+    for n in (23, 5):  # bank, val: odd sizes, so the shards are padded
+        labels = torch.randint(0, 10, (n,), generator=g)
+        feats = centers[labels] + 0.8 * torch.randn(n, 6, generator=g)
+        out.append(_Rows(feats, torch.randn(n, 10, generator=g), labels))
+    return out
+
+
+def _online_eval_method(root: Path):
+    from ssl_diffusion.data.datasets import build_splits
+    from ssl_diffusion.engine import build_method
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(root, "method=simclr", "trainer.max_steps=1")
+    method = build_method(cfg, build_splits(cfg.data).info)
+    method.on_validation_epoch_start()
+    return method
+
+
+def _fill(method, datasets: list[Dataset]) -> None:
+    """What validation_step collects, in batches of 2, from each eval dataset."""
+    for idx, data in enumerate(datasets):
+        rows = [data[i] for i in range(len(data))]
+        feats = torch.stack([views[0] for views, _ in rows])
+        labels = torch.tensor([label for _, label in rows])
+        method._val_feats[idx] = list(feats.split(2))
+        method._val_labels[idx] = list(labels.split(2))
+        if idx == 1:
+            method._val_logits = list(torch.stack([views[1] for views, _ in rows]).split(2))
+
+
+def _online_eval_case(rank: int) -> dict:
+    method = _online_eval_method(Path("runs"))  # no file is written
+    _fill(method, [EvalShard(d, rank, WORLD) for d in _online_eval_data()])
+    method._gather_val()
+    return {"metrics": method.online_metrics(), "protocol": method.online_protocol()}
+
+
+def test_online_eval_gathers_the_shards_and_matches_one_process(tmp_path):
+    method = _online_eval_method(tmp_path / "runs")
+    _fill(method, _online_eval_data())
+    method._gather_val()
+    single = {"metrics": method.online_metrics(), "protocol": method.online_protocol()}
+    assert single["protocol"]["bank_size"] == 23 and single["protocol"]["val_size"] == 5
+    assert 0 < single["metrics"]["knn_top1"] < 1  # a non-degenerate reference
+    for out in run_on_ranks("_online_eval_case", tmp_path):
+        assert out == single
 
 
 # --------------------------------------------------------------------------- contrastive
@@ -203,12 +292,13 @@ STEPS = 3
 
 
 def _run_ddp(root: Path, recipe: str, overrides: list[str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "main_pretrain.py"), "--config", str(ROOT / "recipes" / recipe),
+    cmd = [sys.executable, str(ROOT / "main_pretrain.py"),
+           "--config", str(ROOT / "recipes" / recipe),
            *TINY, *SMALL_EVAL, *DDP, "trainer.deterministic=true", f"trainer.max_steps={STEPS}",
            "trainer.ckpt_every_n_steps=2", *overrides, f"run.root={root}", "run.name=r"]
     root.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300,
-                          cwd=root)
+    return subprocess.run(cmd, check=False, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300, cwd=root)
 
 
 def _single_process_online(ckpt: Path) -> tuple[dict, dict]:

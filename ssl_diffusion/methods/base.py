@@ -231,7 +231,8 @@ class SSLMethod(pl.LightningModule):
             labels = gather_rows(torch.cat(self._val_labels[idx]))  # (N,)
             keep = labels != PAD_LABEL
             self._val[f"{split}_labels"] = labels[keep]
-            self._val[f"{split}_feats"] = gather_rows(torch.cat(self._val_feats[idx]))[keep]  # (N, D)
+            feats = gather_rows(torch.cat(self._val_feats[idx]))  # (N, D)
+            self._val[f"{split}_feats"] = feats[keep]
             if idx == 1 and self._val_logits:
                 self._val["val_logits"] = gather_rows(torch.cat(self._val_logits))[keep]  # (N, C)
 
@@ -255,7 +256,8 @@ class SSLMethod(pl.LightningModule):
         k, temperature = knn_settings(getattr(self.cfg.eval, "knn", None))
         sizes = {split: len(self._val.get(f"{split}_labels", ())) for split in ("bank", "val")}
         return {"split": "val", "knn_k": k, "knn_temperature": temperature,
-                "bank_size": sizes["bank"], "val_size": sizes["val"], "linear": "online BN+Linear head"}
+                "bank_size": sizes["bank"], "val_size": sizes["val"],
+                "linear": "online BN+Linear head"}
 
     def online_metrics(self) -> dict[str, float]:
         """Online kNN / linear accuracies on the gathered bank and val split (``_gather_val``)."""
