@@ -13,6 +13,7 @@ of the same checkpoint on the same bank and val images.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -397,3 +398,40 @@ def test_ddp_resume_continues_every_ranks_random_stream(ddp_run, tmp_path):
     differ = [k for k, v in unbroken["state_dict"].items()
               if not torch.equal(v, resumed["state_dict"][k])]
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """SIGINT reaches rank 0 only (``kill -INT <pid>``): the ranks agree at the step end, both
+    save and stop (exit 130), and nobody waits forever in a collective the other skipped."""
+    import signal
+    import time
+
+    from ssl_diffusion.checkpoint import load_checkpoint_file
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    cmd = [sys.executable, str(ROOT / "main_pretrain.py"),
+           "--config", str(ROOT / "recipes" / "quickstart.yaml"), *TINY, *SMALL_EVAL, *DDP,
+           "method=simclr", "trainer.max_steps=200", "trainer.last_ckpt_every_n_steps=1",
+           "eval.online_knn=false", "eval.online_linear=false", f"run.root={root}", "run.name=r"]
+    # Own session: on failure the whole group (both ranks) is killed, not only rank 0.
+    proc = subprocess.Popen(cmd, env=subprocess_env(), cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (root / "r" / "last.ckpt").exists() and proc.poll() is None:
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        # The pipes close when every rank has exited (the other rank inherited them).
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    stops = [line for line in err.splitlines() if line.startswith("error: interrupted at step")]
+    assert len(stops) == WORLD and len(set(stops)) == 1, err[-3000:]  # same step on both ranks
+    step = int(stops[0].split("interrupted at step ")[1].split(";")[0])
+    assert 0 < step < 200
+    assert load_checkpoint_file(root / "r" / "last.ckpt")["global_step"] == step
