@@ -28,7 +28,7 @@ def test_pretraining_writes_the_run_directory(trained_run, method):
     assert pretrain["method"] == method and pretrain["dataset"] == "fake"
     assert pretrain["steps"] == 3 and pretrain["images_seen"] == 3 * 8
     assert set(pretrain["online"]) == {"knn_top1", "knn_top5", "linear_top1", "linear_top5"}
-    assert all(0.0 <= v <= 1.0 for v in pretrain["online"].values())
+    assert all(0.0 <= v <= 100.0 for v in pretrain["online"].values())  # percent
     assert pretrain["online_protocol"]["split"] == "val"
     assert (
         pretrain["online_protocol"]["bank_size"] == 24
