@@ -114,6 +114,9 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     method = build_method(cfg, splits.info)
     datamodule = build_datamodule(cfg, splits, method_cls)
     run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
+    from ssl_diffusion.callbacks.fid import fid_callbacks
+
+    fid_cbs = fid_callbacks(cfg, method, run_dir, splits)  # checked before any file is written
     resume = None
     last = run_dir / "last.ckpt"
     if cfg.run.resume and last.exists():
@@ -127,7 +130,7 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
         truncate_metrics_csv(run_dir / "metrics.csv", resume_step)
     ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
                                cfg.trainer.ckpt_every_n_steps, datamodule)
-    trainer = make_trainer(cfg, run_dir, [ckpt_cb], _loggers(cfg, run_dir, run_dir.name))
+    trainer = make_trainer(cfg, run_dir, [ckpt_cb, *fid_cbs], _loggers(cfg, run_dir, run_dir.name))
     start = time.time()
     trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
                 weights_only=True if resume else None)
