@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{weights}, seeds {format_seeds(seeds)}) -> {', '.join(str(p) for p in written)}")
     if result is not None:
         kid = f", KID {result['kid_mean']:.4f}" if result["kid_mean"] is not None else ""
+        kid += f", IS {result['is']:.2f}" if result["is"] is not None else ""
         line += (f"; FID {result['fid']:.2f}{kid} (n={result['n_gen']} vs {fid_cfg.ref_split} "
                  f"n={result['n_ref']}) in {out / 'metrics.json'}")
         if result["warning"]:

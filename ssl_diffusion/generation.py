@@ -168,7 +168,7 @@ def generate_uint8(method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig
         raise UserError(f"batch size {batch_size} is invalid; it must be >= 1")
     if class_labels is not None and len(class_labels) != len(seeds):
         raise ValueError(f"{len(class_labels)} class labels for {len(seeds)} seeds")
-    bar = tqdm(total=len(seeds), unit="img", desc=f"sampling ({sampler_cfg.sampler})",
+    bar = tqdm(total=len(seeds), unit="img", desc=f"generating ({sampler_cfg.sampler})",
                disable=not progress, dynamic_ncols=True)
     try:
         for start in range(0, len(seeds), batch_size):
@@ -363,8 +363,14 @@ def generation_protocol(method: Any, seeds: Sequence[int], sampler_cfg: SamplerC
                         use_ema: bool, class_labels: Tensor | None) -> dict:
     """The knobs that decide the generated images, in the form stored in metrics.json."""
     weights = "ema" if use_ema and getattr(method, "ema", None) is not None else "raw"
-    labels = None if class_labels is None else (
-        "all (seed mod classes)" if len(set(class_labels.tolist())) > 1 else int(class_labels[0]))
+    labels: str | int | None = None
+    if class_labels is not None:
+        k = method.info.num_classes
+        values = [int(c) for c in class_labels]
+        if values == [s % k for s in seeds]:
+            labels = "all (seed mod classes)"
+        else:
+            labels = values[0] if len(set(values)) == 1 else "per-seed (given)"
     return {
         "n": len(seeds), "seeds": format_seeds(list(seeds)), "sampler": sampler_cfg.sampler,
         "steps": sampler_cfg.steps, "nfe": sampler_nfe(sampler_cfg), "eta": sampler_cfg.eta,

@@ -20,16 +20,18 @@ import torch
 from torch import Tensor
 
 
-def _atomic(path: Path, write: Callable[[Any], None]) -> Path:
-    """Call ``write(binary file)`` on a temp file beside ``path``, then rename it into place."""
+def _atomic(path: Path, write: Callable[[Any], None], fsync: bool = True) -> Path:
+    """Call ``write(binary file)`` on a temp file beside ``path``, then rename it into place
+    (``fsync=False`` skips the flush to disk: 50k per-seed PNGs would each wait for it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -41,8 +43,8 @@ def _atomic(path: Path, write: Callable[[Any], None]) -> Path:
 def _pil(image: Tensor):
     from PIL import Image
 
-    arr = image.permute(1, 2, 0).numpy()  # (H, W, C)
-    return Image.fromarray(arr[..., 0], "L") if arr.shape[2] == 1 else Image.fromarray(arr, "RGB")
+    arr = np.ascontiguousarray(image.permute(1, 2, 0).numpy())  # (H, W, C) uint8
+    return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)  # mode L or RGB
 
 
 def _check_uint8(images: Tensor | np.ndarray) -> Tensor:
@@ -141,7 +143,7 @@ def save_png_folder(images: Tensor, seeds: Sequence[int], directory: str | Path)
     if len(x) != len(seeds):
         raise ValueError(f"{len(x)} images for {len(seeds)} seeds")
     return [_atomic(Path(directory) / f"{int(s):06d}.png",
-                    lambda f, img=img: _pil(img).save(f, format="PNG"))
+                    lambda f, img=img: _pil(img).save(f, format="PNG"), fsync=False)
             for img, s in zip(x, seeds)]
 
 
