@@ -54,10 +54,12 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         if debug:
             raise
         user = _find_user_error(exc)
-        message = str(user) if user is not None else _worker_message(exc)
+        # A worker's UserError is re-raised as UserError("Caught UserError in DataLoader worker
+        # ... Original Traceback ..."): report the worker's own message, not that header.
+        message = _worker_message(user or exc) or (str(user) if user is not None else None)
         if message is not None:
             print(f"error: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(getattr(user, "exit_code", EXIT_USER_ERROR))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"error: {type(exc).__name__}: {first} (internal error; rerun with "
               f"SSL_DIFFUSION_DEBUG=1 for the traceback)", file=sys.stderr)

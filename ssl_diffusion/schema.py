@@ -23,6 +23,7 @@ from ssl_diffusion.host_config import (
     RunConfig,
     TrainerConfig,
 )
+from ssl_diffusion.eval.config import KNNConfig, LinearConfig
 from ssl_diffusion.eval.fid_config import FIDConfig
 from ssl_diffusion.diffusion.config import AugmentConfig, DiffusionConfig, SamplerConfig
 from ssl_diffusion.methods.config import ContrastiveConfig, DDAEConfig, DINOConfig, SimCLRConfig
@@ -32,6 +33,8 @@ from ssl_diffusion.models.config import ModelConfig, SelfCondConfig
 @dataclass
 class EvalConfig(OnlineEvalConfig):
     features: FeatureConfig = field(default_factory=FeatureConfig)  # diffusion (layer, noise)
+    knn: KNNConfig = field(default_factory=KNNConfig)  # offline/online weighted kNN protocol
+    linear: LinearConfig = field(default_factory=LinearConfig)  # offline linear probe
     fid: FIDConfig = field(default_factory=FIDConfig)  # generation metrics (diffusion methods)
 
 
@@ -91,6 +94,10 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
 
 def validate_config(cfg: Any) -> None:
     """Range checks that types alone cannot express (method-specific checks live in methods)."""
+    from ssl_diffusion.registry import DATASETS, METHODS
+
+    METHODS.get(cfg.method)  # unknown names fail here, so also under --dry-run
+    DATASETS.get(cfg.data.name)
     t, d, o = cfg.trainer, cfg.data, cfg.optim
     if t.max_steps is None and t.max_epochs is None:
         raise UserError("set a training length: trainer.max_steps=N or trainer.max_epochs=N")

@@ -71,8 +71,12 @@ class CheckedImageFolder(Dataset):
         return img, label
 
     def _size_of(self, idx: int) -> tuple[int, int]:
-        with Image.open(self.samples[idx][0]) as img:
-            return img.size
+        path = self.samples[idx][0]
+        try:
+            with Image.open(path) as img:
+                return img.size
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UserError(f"unreadable image {path}: {exc}") from None
 
 
 def load_imagefolder(cfg: Any):

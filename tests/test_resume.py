@@ -1,0 +1,173 @@
+"""Resume: a run interrupted after step k and restarted with the same command ends with exactly
+the weights, optimiser state and EMA of an unbroken run (CPU, deterministic, no workers).
+
+The fake dataset gives 4 training batches per epoch, so the saved steps below fall in the middle
+of an epoch: the resumed run must skip the batches it already consumed and replay the RNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import signal
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from ssl_diffusion import engine
+from ssl_diffusion.checkpoint import load_checkpoint_file
+from ssl_diffusion.signals import RunInterrupted
+from tests.conftest import tiny_config
+
+STEPS = 7
+BATCHES_PER_EPOCH = 4  # 40 fake images, 10% val -> 36 train, batch 8, drop_last
+
+
+class SignalBeforeStep(pl.Callback):
+    """Sends this process SIGINT (a real Ctrl-C) at the start of step ``step + 1``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            signal.raise_signal(signal.SIGINT)
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class CrashBeforeStep(pl.Callback):
+    """Raises at the start of the step that would make ``global_step`` reach ``step + 1``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise SimulatedCrash(f"simulated crash before step {self.step + 1}")
+
+
+def _flat_tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a nested checkpoint entry, keyed by its path."""
+    out = {}
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_flat_tensors(v, f"{prefix}/{k}"))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out.update(_flat_tensors(v, f"{prefix}/{i}"))
+    return out
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    ca, cb = load_checkpoint_file(a), load_checkpoint_file(b)
+    assert ca["global_step"] == cb["global_step"] == STEPS
+    for entry in ("state_dict", "optimizer_states"):
+        ta, tb = _flat_tensors(ca[entry]), _flat_tensors(cb[entry])
+        assert ta.keys() == tb.keys()
+        differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+        assert not differ, f"{entry}: {len(differ)}/{len(ta)} tensors differ, e.g. {differ[:5]}"
+
+
+def _run(
+    root: Path,
+    method: str,
+    *overrides: str,
+    callback: pl.Callback | None = None,
+    raises: type[BaseException] | None = None,
+    monkeypatch=None,
+) -> dict:
+    cfg = tiny_config(
+        root,
+        f"method={method}",
+        "run.name=r",
+        "trainer.deterministic=true",
+        "trainer.last_ckpt_every_n_steps=2",
+        "ema.enabled=true",
+        *overrides,
+    )
+    if callback is None:
+        return engine.pretrain(cfg, None)
+    original = engine.make_trainer
+
+    def with_callback(cfg, run_dir, callbacks, loggers):
+        return original(cfg, run_dir, [*callbacks, callback], loggers)
+
+    monkeypatch.setattr(engine, "make_trainer", with_callback)
+    with pytest.raises(raises):
+        engine.pretrain(cfg, None)
+    monkeypatch.setattr(engine, "make_trainer", original)
+    return {}
+
+
+@pytest.mark.parametrize(
+    "method,crash_before,saved_step",
+    [
+        ("simclr", 3, 2),  # saved mid-epoch (epoch 0, 2 of 4 batches done); step 3 is lost
+        ("simclr", 5, 4),  # saved on the last batch of epoch 0, before its validation
+        ("dino", 3, 2),
+    ],
+)
+def test_interrupted_run_resumes_to_identical_weights(
+    tmp_path, monkeypatch, method, crash_before, saved_step
+):
+    unbroken = _run(tmp_path / "a", method, f"trainer.max_steps={STEPS}")
+    _run(
+        tmp_path / "b",
+        method,
+        f"trainer.max_steps={STEPS}",
+        callback=CrashBeforeStep(crash_before),
+        raises=SimulatedCrash,
+        monkeypatch=monkeypatch,
+    )
+    partial = load_checkpoint_file(tmp_path / "b" / "r" / "last.ckpt")
+    assert partial["global_step"] == saved_step
+    resumed = _run(tmp_path / "b", method, f"trainer.max_steps={STEPS}")
+    assert resumed["steps"] == unbroken["steps"] == STEPS
+    _assert_same_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt")
+    # The training curve of the interrupted invocation is kept in metrics.csv.
+    with open(tmp_path / "b" / "r" / "metrics.csv", newline="") as f:
+        logged = {int(row["step"]) for row in csv.DictReader(f) if row["train/loss"]}
+    assert logged == set(range(STEPS))
+
+
+def test_extending_a_finished_run_matches_an_unbroken_run(tmp_path):
+    """max_steps=3 (stops mid-epoch), then the same command with max_steps=7.
+
+    A constant learning rate: a cosine schedule is stretched over max_steps, so extending a run
+    legitimately changes the first steps' learning rates.
+    """
+    const = "optim.schedule=constant"
+    _run(tmp_path / "a", "simclr", const, f"trainer.max_steps={STEPS}")
+    _run(tmp_path / "b", "simclr", const, "trainer.max_steps=3")
+    assert load_checkpoint_file(tmp_path / "b" / "r" / "last.ckpt")["global_step"] == 3
+    resumed = _run(tmp_path / "b", "simclr", const, f"trainer.max_steps={STEPS}")
+    assert resumed["steps"] == STEPS
+    _assert_same_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt")
+    # Running the finished command once more trains nothing and leaves the weights alone.
+    again = _run(tmp_path / "b", "simclr", const, f"trainer.max_steps={STEPS}")
+    assert again["steps"] == STEPS
+    _assert_same_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt")
+
+
+def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    """The graceful-interrupt path: the step in flight finishes, last.ckpt is written mid-epoch
+    (3 of 4 batches of epoch 0) and the rerun continues from exactly there."""
+    _run(tmp_path / "a", "simclr", f"trainer.max_steps={STEPS}")
+    _run(
+        tmp_path / "b",
+        "simclr",
+        f"trainer.max_steps={STEPS}",
+        callback=SignalBeforeStep(2),
+        raises=RunInterrupted,
+        monkeypatch=monkeypatch,
+    )
+    saved = load_checkpoint_file(tmp_path / "b" / "r" / "last.ckpt")
+    assert (saved["global_step"], saved["epoch"]) == (3, 0)
+    assert _run(tmp_path / "b", "simclr", f"trainer.max_steps={STEPS}")["steps"] == STEPS
+    _assert_same_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt")
