@@ -132,6 +132,10 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     method_cls = method_class(cfg)
     method = build_method(cfg, splits.info)
     datamodule = build_datamodule(cfg, splits, method_cls)
+    from ssl_diffusion.callbacks.fid import fid_callbacks
+
+    # eval.fid is checked (method can generate, Inception weights found) before any file is written
+    fid_cbs = fid_callbacks(cfg, method, Path(cfg.run.root) / run_name(cfg, recipe), splits)
     if cfg.trainer.compile:
         method.compile_networks()  # nn.Module.compile: in place, checkpoint keys unchanged
     # The run directory first: run.overwrite=true may move an old run (and its last.ckpt) aside.
@@ -154,7 +158,7 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
                                cfg.trainer.ckpt_every_n_steps, datamodule)
     interrupt = GracefulInterrupt(ckpt_cb)
     loggers = _loggers(cfg, run_dir, run_dir.name, rank_zero)
-    trainer = make_trainer(cfg, run_dir, [ckpt_cb, interrupt], loggers)
+    trainer = make_trainer(cfg, run_dir, [ckpt_cb, interrupt, *fid_cbs], loggers)
     start = time.time()
     try:
         trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
