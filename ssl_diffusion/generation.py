@@ -403,8 +403,35 @@ def run_fid(method: Any, cfg: Any, run_dir: str | Path | None, n: int,
     return result
 
 
+def run_fid_from_checkpoint(ckpt: str | Path, *, n: int, ref_n: int | None = None,
+                            sampler: str | None = None, steps: int | None = None,
+                            overrides: Sequence[str] = (), batch_size: int = 64,
+                            device: str | None = None, progress: bool = True) -> dict:
+    """FID of a checkpoint with its recipe's ``eval.fid``/``sampler`` settings (the arguments
+    override them); merged into the checkpoint run's metrics.json. Used by the comparison tool."""
+    import dataclasses
+
+    import torch
+
+    from ssl_diffusion.engine import load_method
+
+    loaded = load_method(ckpt, list(overrides))
+    method, cfg = loaded.method, loaded.cfg
+    require_generator(method)
+    fid_cfg = dataclasses.replace(cfg.eval.fid, n=n, **({"ref_n": ref_n} if ref_n is not None else {}))
+    base = sampler_config(cfg.sampler, sampler=fid_cfg.sampler, steps=fid_cfg.steps, cfg=fid_cfg.cfg)
+    scfg = sampler_config(base, sampler=sampler, steps=steps)
+    check_guidance(method, scfg)
+    seeds = list(range(fid_cfg.seed, fid_cfg.seed + n))
+    labels = class_labels_for(method, seeds, None)
+    method.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    extra = {"checkpoint": str(loaded.path), "checkpoint_step": int(loaded.ckpt.get("global_step", 0))}
+    return run_fid(method, cfg, loaded.path.parent, n, scfg, seeds=seeds, batch_size=batch_size,
+                   class_labels=labels, fid_cfg=fid_cfg, progress=progress, extra=extra)
+
+
 __all__ = [
-    "FIDStage", "NpzWriter", "class_labels_for", "fid_metrics", "format_seeds", "generate_uint8",
+    "FIDStage", "run_fid_from_checkpoint", "NpzWriter", "class_labels_for", "fid_metrics", "format_seeds", "generate_uint8",
     "parse_seeds", "reference_batches", "run_fid", "sampler_config", "sampler_nfe", "save_grid",
     "save_npz", "save_png_folder", "to_uint8",
 ]
