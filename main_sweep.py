@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chosen on val ({c['select_by']} top-1 {c['val'][c['select_by']]['val_top1']:.2f}%): "
           f"eval.features.layer={c['layer']} eval.features.noise={c['noise']:g} "
           f"({c['noise_unit']}) -> {tests}")
+    if c["noise_at_grid_edge"]:
+        print(f"note: the chosen noise {c['noise']:g} is at the edge of the grid "
+              f"{min(r['noises']):g}..{max(r['noises']):g}; consider extending --noises beyond it")
     print(f"wrote {r['files']['csv']}, {r['files']['png']}")
     if "recipe" in r:
         print(f"{r['recipe']['action']} {r['recipe']['path']}")

@@ -59,7 +59,7 @@ def to_sigma(noise: float, unit: str) -> float:
 def from_sigma(sigma: float, unit: str) -> float:
     """VE sigma -> the noise level in ``unit`` (``sigma`` or ``logsnr``)."""
     _check_unit(unit)
-    return float(sigma) if unit == "sigma" else -2.0 * math.log(sigma)
+    return float(sigma) if unit == "sigma" else -2.0 * math.log(sigma) + 0.0  # no -0.0
 
 
 def _check_unit(unit: str) -> None:
@@ -430,14 +430,14 @@ class FeatureExtractor:
 
 
 __all__ = [
+    "SPLITS",
     "FeatureCache",
     "FeatureExtractor",
     "FeatureSet",
     "FeatureSpec",
-    "SPLITS",
     "atomic_save",
-    "checkpoint_sha1",
     "checked_sigma",
+    "checkpoint_sha1",
     "describe_spec",
     "encode",
     "from_sigma",

@@ -307,6 +307,9 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
 
     chosen = sw.summarize(rows, select_by, test_of)
     chosen["noise_unit"] = unit
+    # The best noise level on the border of the grid suggests the optimum lies outside it.
+    chosen["noise_at_grid_edge"] = len(noises) > 1 and chosen["noise"] in (min(noises),
+                                                                           max(noises))
     run_dir = run_dir_of(loaded)
     files = {"csv": str(run_dir / "sweep.csv"), "png": str(run_dir / "sweep.png")}
     spec = FeatureSpec(chosen["layer"], chosen["sigma"], bool(use_ema and method.ema is not None))
@@ -341,5 +344,14 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
     return entry
 
 
-__all__ = ["run_knn", "run_linear", "run_sweep", "load", "run_dir_of", "knn_on_features",
-           "linear_on_features", "read_metrics", "store"]
+__all__ = [
+    "knn_on_features",
+    "linear_on_features",
+    "load",
+    "read_metrics",
+    "run_dir_of",
+    "run_knn",
+    "run_linear",
+    "run_sweep",
+    "store",
+]

@@ -28,8 +28,8 @@ def test_a_gallery_image_retrieves_itself_first(run_copy):
 
 def test_image_file_queries_match_the_dataset_pipeline(run_copy, tmp_path):
     ckpt = run_copy("simclr")  # RGB 16 px
-    from ssl_diffusion.eval.features import FeatureExtractor
     from ssl_diffusion.engine import load_method
+    from ssl_diffusion.eval.features import FeatureExtractor
 
     ex = FeatureExtractor(load_method(ckpt), progress=False)
     img = ex.dataset("test")[3][0]
@@ -48,11 +48,11 @@ def test_bad_queries_are_one_line_errors(run_copy, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     cases = [
-        (dict(query=str(broken)), "cannot read image"),
-        (dict(query="99"), r"query index 99 is outside the test split \(0..15\)"),
-        (dict(query="nope.png"), "neither an index"),
-        (dict(query="0", k=100), "--k 100 is larger than the train gallery"),
-        (dict(query="0", gallery="tran"), "`tran` is not a split"),
+        ({"query": str(broken)}, "cannot read image"),
+        ({"query": "99"}, r"query index 99 is outside the test split \(0..15\)"),
+        ({"query": "nope.png"}, "neither an index"),
+        ({"query": "0", "k": 100}, "--k 100 is larger than the train gallery"),
+        ({"query": "0", "gallery": "tran"}, "`tran` is not a split"),
     ]
     for kwargs, match in cases:
         with pytest.raises(UserError, match=match) as exc:

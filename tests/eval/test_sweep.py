@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 
@@ -56,7 +57,7 @@ def test_default_noises_are_log_spaced_inside_the_schedule(objective):
     sigmas = default_noises(obj, "sigma")
     assert len(sigmas) == 5 and sigmas == sorted(sigmas)
     assert all(obj.sigma_min <= s <= obj.sigma_max for s in sigmas)
-    ratios = [math.log(b / a) for a, b in zip(sigmas, sigmas[1:])]
+    ratios = [math.log(b / a) for a, b in itertools.pairwise(sigmas)]
     assert max(ratios) - min(ratios) < 1e-3  # log-spaced (values rounded to 4 digits)
     logsnrs = default_noises(obj, "logsnr")
     assert [math.exp(-v / 2) for v in logsnrs] == pytest.approx(sigmas, rel=1e-3)
@@ -64,14 +65,14 @@ def test_default_noises_are_log_spaced_inside_the_schedule(objective):
 
 def test_default_layers_subsample_deep_models():
     class Net:
-        layer_names = [f"block{i}" for i in range(28)]
-        default_feature_layer = "block13"
+        def __init__(self, depth: int) -> None:
+            self.layer_names = [f"block{i}" for i in range(depth)]
+            self.default_feature_layer = "block13"
 
-    picked = default_layers(Net())
+    picked = default_layers(Net(28))
     assert picked[0] == "block0" and picked[-1] == "block27" and "block13" in picked
     assert len(picked) == 7
-    Net.layer_names = ["block0", "block1", "block2"]
-    assert default_layers(Net()) == ["block0", "block1", "block2"]
+    assert default_layers(Net(3)) == ["block0", "block1", "block2"]
 
 
 def test_sweep_end_to_end_writes_grid_plot_metrics_and_recipe(run_copy, tmp_path):
@@ -84,7 +85,8 @@ def test_sweep_end_to_end_writes_grid_plot_metrics_and_recipe(run_copy, tmp_path
     result = run_sweep(ckpt, layers=["block1", "block3"], noises=[0.05, 0.4], metric="knn",
                        write_recipe=recipe, progress=False)
     chosen = result["chosen"]
-    rows = list(csv.DictReader(open(run_dir / "sweep.csv")))
+    with open(run_dir / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["layer"] for r in rows} == {"block1", "block3"}
     assert sum(int(r["chosen"]) for r in rows) == 1
     best = max(result["grid"], key=lambda r: (r["val_top1"], r["val_top5"]))
