@@ -8,12 +8,10 @@ near-ties then rank differently. Re-scoring every candidate with this routine gi
 1. Products of two float32 numbers are exact in float64 (24 + 24 significand bits <= 53), so a
    float64 dot product has only summation error, at most ``delta = 1.05 * D * 2^-53 * |q| |b|``
    (Higham, "Accuracy and Stability of Numerical Algorithms", eq. 3.5, any summation order).
-2. Rounding to float32 is monotone, so when ``s - delta`` and ``s + delta`` (s: the float64
-   value) round to the same float32, every value in between does, the exact one included: that
-   float32 is the correctly rounded exact value. The rare pairs where the two ends round apart
-   (a float32 rounding midpoint lies within ``delta`` of s; ~1e-5 of them for unit vectors) are
-   recomputed exactly with ``math.fsum`` (and ``fractions`` when fsum itself lands on the
-   midpoint).
+2. Rounding that float64 value to float32 gives the correctly rounded exact value unless it lies
+   within ``delta`` of a float32 rounding midpoint. Those rare pairs (~1e-5 of them for unit
+   vectors) are recomputed exactly with ``math.fsum`` (and ``fractions`` when fsum itself lands on
+   the midpoint).
 """
 
 from __future__ import annotations
@@ -33,16 +31,15 @@ def _summation_bound(dim: int, scale: Tensor) -> Tensor:
     return 1.05 * dim * _U64 * scale  # 1.05 >= 1 / (1 - dim * u) for any realistic dim
 
 
-def _may_round_differently(s64: Tensor, delta: Tensor) -> Tensor:
-    """Where the float32 rounding of the true value (within ``delta`` of ``s64``) may differ from
-    the rounding of ``s64``: the interval ends round to different float32 values.
-
-    The interval is widened by 2^-50 |s64| (> the float64 rounding of ``s64 +- delta``) and a
-    relative 2^-40 of ``delta``, so a flag can only be spurious (then recomputed exactly), never
-    missing.
-    """
-    margin = delta * (1 + 2.0**-40) + s64.abs() * 2.0**-50
-    return (s64 - margin).float() != (s64 + margin).float()
+def _near_midpoint(s64: Tensor, delta: Tensor) -> Tensor:
+    """Where the float32 rounding of the true value may differ from the rounding of ``s64``."""
+    r32 = s64.float()
+    inf = torch.full_like(r32, math.inf)
+    lower = (
+        r32.double() + torch.nextafter(r32, -inf).double()
+    ) / 2  # float32 midpoints are exact in f64
+    upper = (r32.double() + torch.nextafter(r32, inf).double()) / 2
+    return ((s64 - lower).abs() <= delta) | ((s64 - upper).abs() <= delta)
 
 
 def _round_exact(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,11 +81,7 @@ def _float64_dots(queries: Tensor, bank: Tensor, indices: Tensor) -> Tensor:
 
 
 def canonical_dot(
-    queries: Tensor,
-    bank: Tensor,
-    indices: Tensor,
-    bank_norms: Tensor | None = None,
-    query_norms: Tensor | None = None,
+    queries: Tensor, bank: Tensor, indices: Tensor, bank_norms: Tensor | None = None
 ) -> Tensor:
     """Exact ``queries[i] . bank[indices[i, j]]`` rounded to float32, identical on every path.
 
@@ -97,8 +90,6 @@ def canonical_dot(
         bank: (N, D) float32.
         indices: (Q, C) int64 rows of ``bank`` to score against each query.
         bank_norms: optional (N,) ``row_norms(bank)``, precomputed when ``bank`` is reused.
-        query_norms: optional (Q,) ``row_norms(queries)``, precomputed once for many blocks
-            (each small torch norm call costs an OpenMP fork/join).
 
     Returns:
         (Q, C) float32 similarities.
@@ -110,8 +101,7 @@ def canonical_dot(
         b_norm = row_norms(bank.index_select(0, indices.reshape(-1))).view(q, c)  # (Q, C)
     else:
         b_norm = bank_norms.index_select(0, indices.reshape(-1)).view(q, c)  # (Q, C)
-    q_norm = row_norms(queries) if query_norms is None else query_norms  # (Q,)
-    risky = _may_round_differently(s64, _summation_bound(dim, q_norm[:, None] * b_norm))
+    risky = _near_midpoint(s64, _summation_bound(dim, row_norms(queries)[:, None] * b_norm))
     out = s64.float()
     if bool(risky.any()):
         qi, cj = risky.nonzero(as_tuple=True)
@@ -119,7 +109,7 @@ def canonical_dot(
         abs_dot = (bank[indices[qi, cj]].double().abs() * queries[qi].double().abs()).sum(
             dim=1
         )  # (R,)
-        still = _may_round_differently(s64[qi, cj], _summation_bound(dim, abs_dot))
+        still = _near_midpoint(s64[qi, cj], _summation_bound(dim, abs_dot))
         qi, cj = qi[still], cj[still]
         q_np = queries[qi].cpu().numpy()
         b_np = bank[indices[qi, cj]].cpu().numpy()

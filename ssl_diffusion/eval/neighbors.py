@@ -178,16 +178,9 @@ def _total_order_topk(sims: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor
 
 
 def _canonical_ranking(
-    queries: Tensor,
-    bank: Tensor,
-    cand: Tensor,
-    k: int,
-    bank_norms: Tensor | None = None,
-    query_norms: Tensor | None = None,
+    queries: Tensor, bank: Tensor, cand: Tensor, k: int, bank_norms: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Top-k of ``cand`` (Q, C) by (-canonical similarity, index), gathering <= ~8 MiB at once."""
-    if query_norms is None:
-        query_norms = row_norms(queries)  # (Q,) once, not once per re-scoring block
     row_bytes = bank.shape[1] * 4
     if cand.shape[1] * row_bytes > _RESCORE_BYTES:  # few queries with many candidates (exact scan)
         width = max(k, _RESCORE_BYTES // row_bytes)
@@ -196,9 +189,7 @@ def _canonical_ranking(
             best = None
             for c0 in range(0, cand.shape[1], width):
                 c = cand[r : r + 1, c0 : c0 + width]  # (1, w)
-                v = canonical_dot(
-                    queries[r : r + 1], bank, c, bank_norms, query_norms[r : r + 1]
-                )  # (1, w)
+                v = canonical_dot(queries[r : r + 1], bank, c, bank_norms)  # (1, w)
                 if best is not None:
                     v, c = torch.cat([best[0], v], dim=1), torch.cat([best[1], c], dim=1)
                 best = _total_order_topk(v, c, k)
@@ -209,10 +200,7 @@ def _canonical_ranking(
     sims, ids = [], []
     for r0 in range(0, cand.shape[0], rows):
         c = cand[r0 : r0 + rows]  # (r, C)
-        sims_c = canonical_dot(
-            queries[r0 : r0 + rows], bank, c, bank_norms, query_norms[r0 : r0 + rows]
-        )  # (r, C)
-        v, i = _total_order_topk(sims_c, c, k)
+        v, i = _total_order_topk(canonical_dot(queries[r0 : r0 + rows], bank, c, bank_norms), c, k)
         sims.append(v)
         ids.append(i)
     return torch.cat(sims), torch.cat(ids)
@@ -272,17 +260,15 @@ def run_search(
     n, dim = bank.shape
     kc = min(k + MARGIN, n)
     bank_norms = row_norms(bank)  # (N,) float64 upper bounds
-    query_norms = row_norms(queries)  # (Q,)
     bank_max = bank_norms.max()
     sims, ids, failed = [], [], []
     for q0 in range(0, len(queries), plan.query_chunk):
         qb = queries[q0 : q0 + plan.query_chunk]  # (q, D)
-        qn = query_norms[q0 : q0 + plan.query_chunk]  # (q,)
         cand_v, cand_i = candidates(qb, kc)  # (q, kc)
         ok = (cand_i >= 0).all(dim=1)
-        v, i = _canonical_ranking(qb, bank, cand_i.clamp(min=0), k, bank_norms, qn)  # (q, k)
+        v, i = _canonical_ranking(qb, bank, cand_i.clamp(min=0), k, bank_norms)  # (q, k)
         if certify and kc < n:
-            scale = qn * bank_max  # (q,) bound of |q| |b|
+            scale = row_norms(qb) * bank_max  # (q,) bound of |q| |b|
             eps = 1.05 * dim * unit_roundoff * scale + 2.0**-22 * scale
             ok &= v[:, -1].double() > cand_v[:, -1].double() + eps
         sims.append(v)
