@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
                   select_by=args.select_by, probe_epochs=args.probe_epochs,
                   write_recipe=args.write_recipe, **kwargs)
     c = r["chosen"]
-    tests = ", ".join(f"{m} test top-1 {v['test_top1']:.2f}% top-5 {v['test_top5']:.2f}%"
-                      for m, v in c["test"].items())
-    print(f"chosen on val ({c['select_by']} top-1 {c['val'][c['select_by']]['val_top1']:.2f}%): "
+    tests = ", ".join(f"{m} test top-1 {c[f'test_{m}_top1']:.2f}% top-5 {c[f'test_{m}_top5']:.2f}%"
+                      for m in ("knn", "linear") if f"test_{m}_top1" in c)
+    val = c[f"val_{c['select_by']}_top1"]
+    print(f"chosen on val ({c['select_by']} top-1 {val:.2f}%): "
           f"eval.features.layer={c['layer']} eval.features.noise={c['noise']:g} "
           f"({c['noise_unit']}) -> {tests}")
     if c["noise_at_grid_edge"]:

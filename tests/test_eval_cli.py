@@ -87,6 +87,10 @@ def test_every_cli_on_a_diffusion_checkpoint(run, ckpt):
     assert metrics["knn"]["protocol"]["checkpoint"]["step"] == 2
     assert metrics["sweep"]["chosen"]["layer"] in ("block0", "block2")
     assert metrics["sweep"]["layers"] == ["block0", "block2"]
+    chosen = metrics["sweep"]["chosen"]
+    assert {"test_knn_top1", "test_linear_top1", "val_linear_top1"} <= set(chosen)
+    assert metrics["knn"]["test"]["knn_top1"] == metrics["knn"]["test_top1"]
+    assert set(metrics["knn"]["val"]) >= {"knn_top1@k3", "knn_top1@k5", "knn_top5@k5"}
 
 
 def test_knn_and_linear_on_a_simclr_checkpoint(run, ckpt):

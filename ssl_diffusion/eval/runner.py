@@ -117,7 +117,11 @@ def _sizes(extractor: FeatureExtractor, limit: int | None) -> dict[str, int]:
 
 def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_classes: int,
                     knn_cfg: Any) -> dict:
-    """kNN with ``train`` as the bank: ``<split>_top1``, ``<split>_top5``, ``<split>_top1@k<k>``."""
+    """kNN with ``train`` as the bank.
+
+    Returns ``<split>_top1`` / ``<split>_top5`` (at ``report_k``) and, per split, the
+    evaluator's full output ``<split>: {"knn_top1", "knn_top5", "knn_top1@k<k>", ...}``.
+    """
     from ssl_diffusion.eval.knn import KNNEvaluator
 
     evaluator = KNNEvaluator(knn_cfg)
@@ -126,7 +130,8 @@ def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_class
     for split, fs in queries.items():
         res = evaluator.evaluate(train.feats, train.labels, fs.feats, fs.labels, num_classes)
         protocol = res.pop("protocol")
-        out.update({k.replace("knn", split, 1): v for k, v in res.items()})
+        out[f"{split}_top1"], out[f"{split}_top5"] = res["knn_top1"], res["knn_top5"]
+        out[split] = res
     protocol.pop("num_queries", None)
     protocol.pop("num_exact_fallback", None)
     return {**out, "protocol": protocol}
@@ -196,8 +201,9 @@ def run_knn(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] =
         write_metrics: merge the result into ``<run_dir>/metrics.json`` as ``knn``.
 
     Returns:
-        ``{"<split>_top1", "<split>_top5", "<split>_top1@k<k>", "<split>_top5@k<k>", ...,
-        "protocol", "wall_time_s"}`` (percent; headline numbers at ``eval.knn.report_k``).
+        ``{"<split>_top1", "<split>_top5"`` (percent, at ``eval.knn.report_k``), ``"<split>":
+        {"knn_top1", "knn_top5", "knn_top1@k<k>", "knn_top5@k<k>", ...}`` (every k),
+        ``"protocol", "wall_time_s"}``.
     """
     return _evaluate("knn", ckpt, overrides, splits, progress, batch_size, device, limit, cache,
                      write_metrics)
@@ -240,7 +246,8 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         select_by: metric that picks the cell; default ``metric`` (``linear`` for ``both``).
 
     Returns:
-        ``{"grid": [val rows], "chosen": {layer, noise, noise_unit, sigma, val, test},
+        ``{"grid": [val rows], "chosen": {layer, noise, noise_unit, sigma, select_by,
+        val_<metric>_top1/top5, test_<metric>_top1/top5, noise_at_grid_edge},
         "layers", "noises", "protocol", "files", "wall_time_s"}``; also writes ``sweep.csv`` and
         ``sweep.png`` into the run directory and ``metrics.json["sweep"]``.
     """

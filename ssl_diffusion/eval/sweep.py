@@ -120,13 +120,19 @@ def summarize(rows: Sequence[dict], select_by: str,
         test_of: ``cell -> {metric: {"test_top1", "test_top5"}}``, called once, for the chosen cell.
 
     Returns:
-        ``{"layer", "noise", "sigma", "select_by", "val": {metric: {...}}, "test": {...}}``.
+        ``{"layer", "noise", "sigma", "select_by", "val_<metric>_top1", "val_<metric>_top5",
+        "test_<metric>_top1", "test_<metric>_top5"}`` for every metric of the grid.
     """
     chosen = select_cell(rows, select_by)
     cell = {"layer": chosen["layer"], "noise": chosen["noise"], "sigma": chosen["sigma"]}
-    val = {r["metric"]: {"val_top1": r["val_top1"], "val_top5": r["val_top5"]} for r in rows
-           if (r["layer"], r["sigma"]) == (cell["layer"], cell["sigma"])}
-    return {**cell, "select_by": select_by, "val": val, "test": test_of(dict(cell))}
+    out = {**cell, "select_by": select_by}
+    for r in rows:
+        if (r["layer"], r["sigma"]) == (cell["layer"], cell["sigma"]):
+            out[f"val_{r['metric']}_top1"] = r["val_top1"]
+            out[f"val_{r['metric']}_top5"] = r["val_top5"]
+    for metric, acc in test_of(dict(cell)).items():
+        out[f"test_{metric}_top1"], out[f"test_{metric}_top5"] = acc["test_top1"], acc["test_top5"]
+    return out
 
 
 # --------------------------------------------------------------------------- outputs

@@ -35,8 +35,9 @@ def test_selection_uses_validation_and_tests_only_the_chosen_cell():
     report = summarize(rows, "knn", test_of)
     assert asked == [("block1", 0.1)]  # test evaluated once, for the val-best cell
     assert (report["layer"], report["noise"]) == ("block1", 0.1)
-    assert report["test"] == {"knn": {"test_top1": 72.0, "test_top5": 99.0}}
-    assert report["val"] == {"knn": {"val_top1": 80.0, "val_top5": 90.0}}
+    assert report == {"layer": "block1", "noise": 0.1, "sigma": 0.1, "select_by": "knn",
+                      "val_knn_top1": 80.0, "val_knn_top5": 90.0, "test_knn_top1": 72.0,
+                      "test_knn_top5": 99.0}
     assert max(test_acc, key=test_acc.get) != asked[0]
 
 
@@ -91,7 +92,8 @@ def test_sweep_end_to_end_writes_grid_plot_metrics_and_recipe(run_copy, tmp_path
     assert sum(int(r["chosen"]) for r in rows) == 1
     best = max(result["grid"], key=lambda r: (r["val_top1"], r["val_top5"]))
     assert (chosen["layer"], chosen["noise"]) == (best["layer"], best["noise"])
-    assert set(chosen["test"]["knn"]) == {"test_top1", "test_top5"}
+    assert {"test_knn_top1", "test_knn_top5", "val_knn_top1"} <= set(chosen)
+    assert not any(k.startswith("test_linear") for k in chosen)
     assert all("test_top1" not in r for r in result["grid"])  # no test numbers for other cells
     assert (run_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((run_dir / "metrics.json").read_text())
