@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     from ssl_diffusion.engine import pretrain
 
     result = pretrain(cfg, args.config)
+    if result["global_rank"] != 0:  # DDP: the other ranks ran the same command; rank 0 reports
+        return 0
     online = ", ".join(f"{k}={v:.4f}" for k, v in result["online"].items())
     print(f"done: {result['run_dir']} (step {result['steps']}) {online}")
     return 0

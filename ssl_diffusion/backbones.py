@@ -115,7 +115,15 @@ def _vit(name: str, cfg: Any, info: Any) -> ViT:
         from ssl_diffusion.errors import UserError
 
         raise UserError(f"backbone.patch_size={patch} does not divide data.image_size={info.image_size}")
-    return ViT(info.channels, info.image_size, patch, drop_path=cfg.drop_path, **VIT_PRESETS[name])
+    sizes = dict(VIT_PRESETS[name])
+    for key in ("width", "depth", "heads"):
+        if getattr(cfg, key, None) is not None:
+            sizes[key] = getattr(cfg, key)
+    if sizes["width"] % sizes["heads"]:
+        from ssl_diffusion.errors import UserError
+
+        raise UserError(f"backbone.width={sizes['width']} is not divisible by backbone.heads={sizes['heads']}")
+    return ViT(info.channels, info.image_size, patch, drop_path=cfg.drop_path, **sizes)
 
 
 for _name in VIT_PRESETS:

@@ -3,7 +3,8 @@
 * ``last.ckpt`` is written to a temporary file and renamed, so a crash never leaves a half
   file; periodic ``step-N.ckpt`` copies are kept when ``trainer.ckpt_every_n_steps`` > 0.
 * Resume state beyond Lightning's own: batches consumed in the current epoch (the sampler skips
-  them) and the global RNG states, restored right before the first resumed step.
+  them) and the global RNG states (one per rank under DDP), restored right before the first
+  resumed step.
 * Loading uses ``torch.load(weights_only=True)``: a checkpoint carrying a pickled payload is
   refused, and one from another method or architecture is refused with a message naming both.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 
 from ssl_diffusion.errors import UserError
 
@@ -87,13 +89,29 @@ class AtomicCheckpoint(pl.Callback):
         self.enabled = False  # never overwrite the last good checkpoint with a failing state
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batches_in_epoch": self.batches_in_epoch, "rng": get_rng_state()}
+        # Called on every rank (Trainer.save_checkpoint is collective); rank 0 writes the file.
+        state = {"batches_in_epoch": self.batches_in_epoch, "rng": get_rng_state()}
+        if _world_size() > 1:  # each rank draws its own stream (SSLMethod.on_train_start)
+            per_rank: list[Any] = [None] * _world_size()
+            dist.all_gather_object(per_rank, state["rng"])
+            state["rng_per_rank"] = per_rank
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batches_in_epoch = int(state.get("batches_in_epoch", 0))
-        self._pending_rng = state.get("rng")
+        world, per_rank = _world_size(), state.get("rng_per_rank")
+        if world == 1:
+            self._pending_rng = state.get("rng")
+        elif per_rank is not None and len(per_rank) == world:
+            self._pending_rng = per_rank[dist.get_rank()]
+        else:  # another device count: the streams cannot continue; keep the fresh per-rank seeds
+            self._pending_rng = None
         if self.datamodule is not None and self.batches_in_epoch:
             self.datamodule.resume_from_batch(self.batches_in_epoch)
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from ssl_diffusion.data.transforms import eval_transform, train_transform
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.loggers import truncate_metrics_csv
 from ssl_diffusion.registry import METHODS
-from ssl_diffusion.run import prepare_run_dir, update_metrics
+from ssl_diffusion.run import prepare_run_dir, run_name, update_metrics
 from ssl_diffusion.signals import GracefulInterrupt, RunInterrupted
 
 
@@ -32,6 +33,21 @@ def quiet_lightning() -> None:
                     ".*The number of training batches.*", ".*Checkpoint directory.*",
                     r".*module\(s\) in eval mode.*"):
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def is_launch_rank_zero() -> bool:
+    """Whether this process is global rank 0, decided before the trainer exists.
+
+    Lightning's DDP launcher re-runs the command once per extra device with ``LOCAL_RANK`` and
+    ``NODE_RANK`` set, after rank 0 has prepared the run directory; torchrun sets ``RANK``.
+    Only rank 0 writes the run directory; the others read what it wrote.
+    """
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if "LOCAL_RANK" in env:
+        return int(env["LOCAL_RANK"]) == 0 and int(env.get("NODE_RANK", 0)) == 0
+    return int(env.get("SLURM_PROCID", 0)) == 0
 
 
 def method_class(cfg: Any) -> type:
@@ -51,7 +67,7 @@ def build_datamodule(cfg: Any, splits: Splits, method_cls: type) -> SSLDataModul
     return SSLDataModule(cfg, splits, train_tf, eval_tf)
 
 
-def _loggers(cfg: Any, run_dir: Path, name: str) -> list:
+def _loggers(cfg: Any, run_dir: Path, name: str, rank_zero: bool = True) -> list:
     from ssl_diffusion.loggers import ResumableCSVLogger
 
     loggers = [ResumableCSVLogger(run_dir)]
@@ -60,13 +76,15 @@ def _loggers(cfg: Any, run_dir: Path, name: str) -> list:
         from pytorch_lightning.loggers import WandbLogger
 
         id_file = run_dir / "wandb_id.txt"
-        if not id_file.exists():
+        if rank_zero and not id_file.exists():
             import uuid
 
             id_file.write_text(uuid.uuid4().hex[:12])
+        # Other ranks never start a wandb run (Lightning logs from rank 0 only).
+        run_id = id_file.read_text().strip() if id_file.exists() else None
         loggers.append(WandbLogger(name=name, project=w.project, entity=w.entity, tags=w.tags,
                                    save_dir=str(run_dir), offline=w.mode == "offline",
-                                   id=id_file.read_text().strip(), resume="allow"))
+                                   id=run_id, resume="allow"))
     return loggers
 
 
@@ -114,8 +132,18 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     method_cls = method_class(cfg)
     method = build_method(cfg, splits.info)
     datamodule = build_datamodule(cfg, splits, method_cls)
+    from ssl_diffusion.callbacks.fid import fid_callbacks
+
+    # eval.fid is checked (method can generate, Inception weights found) before any file is written
+    fid_cbs = fid_callbacks(cfg, method, Path(cfg.run.root) / run_name(cfg, recipe), splits)
+    if cfg.trainer.compile:
+        method.compile_networks()  # nn.Module.compile: in place, checkpoint keys unchanged
     # The run directory first: run.overwrite=true may move an old run (and its last.ckpt) aside.
-    run_dir = prepare_run_dir(cfg, recipe)
+    rank_zero = is_launch_rank_zero()
+    if rank_zero:
+        run_dir = prepare_run_dir(cfg, recipe)
+    else:  # launched by rank 0 once it had prepared the directory
+        run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
     resume = None
     last = run_dir / "last.ckpt"
     if cfg.run.resume and last.exists():
@@ -124,12 +152,13 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
         resume = last
         resume_step = int(ckpt.get("global_step", 0))
         del ckpt
-    if resume is not None:
+    if resume is not None and rank_zero:
         truncate_metrics_csv(run_dir / "metrics.csv", resume_step)
     ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
                                cfg.trainer.ckpt_every_n_steps, datamodule)
     interrupt = GracefulInterrupt(ckpt_cb)
-    trainer = make_trainer(cfg, run_dir, [ckpt_cb, interrupt], _loggers(cfg, run_dir, run_dir.name))
+    loggers = _loggers(cfg, run_dir, run_dir.name, rank_zero)
+    trainer = make_trainer(cfg, run_dir, [ckpt_cb, interrupt, *fid_cbs], loggers)
     start = time.time()
     try:
         trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
@@ -161,7 +190,7 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         update_metrics(run_dir, {"pretrain": result})
-    return {"run_dir": str(run_dir), **result}
+    return {"run_dir": str(run_dir), "global_rank": trainer.global_rank, **result}
 
 
 @dataclass

@@ -52,6 +52,9 @@ class BackboneConfig:
     cifar_stem: bool | None = None  # ResNet 3x3 stem without max-pool; None = auto (<= 64 px)
     patch_size: int | None = None  # ViT patch size; None = image_size // 8 (4 px at 32 px)
     drop_path: float = 0.0  # ViT stochastic depth
+    width: int | None = None  # ViT width override (None = the preset's)
+    depth: int | None = None  # ViT depth override
+    heads: int | None = None  # ViT heads override
 
 
 @dataclass

@@ -3,6 +3,8 @@
 The first signal only sets a flag; at the end of the current step the run writes ``last.ckpt``
 (atomically) and stops, and ``pretrain`` raises ``RunInterrupted`` whose message says how to
 resume. A second Ctrl-C exits at once (exit code 130) without touching the checkpoint.
+Under DDP the ranks agree at every step end whether any of them was signalled (a signal may
+reach one rank only, or reach them in different steps), so all of them save and stop together.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
 
 from ssl_diffusion.errors import UserError
 
@@ -49,7 +53,16 @@ class GracefulInterrupt(pl.Callback):
             except ValueError:  # not in the main thread (e.g. some notebooks): keep defaults
                 pass
 
+    def _agreed_request(self, trainer: pl.Trainer, device: torch.device) -> int | None:
+        """The signal any rank received (the largest number), or None; collective under DDP."""
+        if trainer.world_size == 1 or not dist.is_initialized():
+            return self.requested
+        flag = torch.tensor([self.requested or 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.requested = self._agreed_request(trainer, pl_module.device)
         if self.requested is not None and not trainer.should_stop:
             self.checkpoint.save(trainer)
             trainer.should_stop = True

@@ -3,6 +3,10 @@
 Determinism: the epoch order is a permutation seeded by (seed, epoch); each sample's augmentation
 is drawn from its own RNG seeded by (seed, epoch, position), so neither the worker count nor a
 resume in the middle of an epoch changes which views a step sees.
+
+Several processes (DDP): the training split is sharded by ``ResumableSampler``; the online-eval
+bank and val loaders by ``EvalShard`` (contiguous, equally padded shards), so each rank embeds
+1/world of them and the method gathers the exact single-process sets.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ssl_diffusion.data.datasets import Splits
+
+PAD_LABEL = -1  # label of the rows that pad an EvalShard; dropped after gathering across ranks
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -102,6 +108,32 @@ class ViewDataset(Dataset):
         return self.transform(img), label
 
 
+class EvalShard(Dataset):
+    """Rank ``rank``'s contiguous block of ``base``, padded to ``ceil(len(base) / world)`` rows.
+
+    Every rank then runs the same number of eval batches (DDP's first eval forward is a
+    collective, and so is the gather at the end). Padding rows repeat a real image with label
+    ``PAD_LABEL``; blocks in rank order, padding removed, are ``base`` in its own order.
+    """
+
+    def __init__(self, base: Dataset, rank: int, world_size: int) -> None:
+        self.base = base
+        n = len(base)
+        self.per_rank = -(-n // world_size)
+        self.start = min(rank * self.per_rank, n)
+        self.stop = min(self.start + self.per_rank, n)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        j = self.start + i
+        if j < self.stop:
+            return self.base[j]
+        views, _ = self.base[min(j, len(self.base) - 1)]
+        return views, PAD_LABEL
+
+
 def first_n(dataset: Dataset, n: int | None) -> Dataset:
     if n is None or n >= len(dataset):
         return dataset
@@ -137,10 +169,13 @@ class SSLDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def train_dataloader(self) -> DataLoader:
-        rank, world = 0, 1
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
+        rank, world = self._rank_world()
         n = len(self.splits.train)
         batch = self.cfg.data.batch_size
         drop_last = n // world >= batch  # tiny datasets keep their only partial batch
@@ -154,6 +189,9 @@ class SSLDataModule(pl.LightningDataModule):
         e = self.cfg.eval
         bank = ViewDataset(first_n(self.splits.train, e.bank_size), self.eval_transform)
         val = ViewDataset(first_n(self.splits.val, e.val_size), self.eval_transform)
+        rank, world = self._rank_world()
+        if world > 1:
+            bank, val = EvalShard(bank, rank, world), EvalShard(val, rank, world)
         return [self._loader(bank, False), self._loader(val, False)]
 
     def test_dataloader(self) -> DataLoader:

@@ -15,13 +15,17 @@ A method implements:
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_diffusion.data.module import PAD_LABEL
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.methods.ema import EMA
 
@@ -38,6 +42,31 @@ def _weight_decay_groups(params: list[tuple[str, nn.Parameter]], wd: float) -> l
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
+
+
+def gather_rows(t: Tensor) -> Tensor:
+    """``t`` (N_r, ...) of every rank concatenated in rank order; ``t`` itself on one process.
+
+    Shards may differ in length (sizes are exchanged first, rows padded for the collective and
+    the padding cut again); the trailing dimensions must agree across ranks.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    world = dist.get_world_size()
+    size = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = t.new_zeros((max(counts), *t.shape[1:]))  # (max N_r, ...)
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])  # (sum N_r, ...)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Seed of rank ``rank``'s training RNG stream, decorrelated across ranks (32 bits)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, rank]).generate_state(1)[0])
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float, schedule: str) -> float:
@@ -65,6 +94,7 @@ class SSLMethod(pl.LightningModule):
         self._val_feats: dict[int, list[Tensor]] = {}
         self._val_labels: dict[int, list[Tensor]] = {}
         self._val_logits: list[Tensor] = []
+        self._val: dict[str, Tensor] = {}  # the whole bank/val split, gathered from every rank
         self.skipped_steps = 0
         self._step_skipped = False  # this step's loss was non-finite and skipped (no EMA update)
         self.last_online_metrics: dict[str, float] = {}
@@ -81,6 +111,14 @@ class SSLMethod(pl.LightningModule):
 
     def validate_config(self) -> None:
         """Method-specific config checks (raise UserError)."""
+
+    def compile_targets(self) -> list[nn.Module]:
+        """Networks compiled in place by ``trainer.compile=true`` (state-dict keys unchanged)."""
+        return [m for m in (getattr(self, "backbone", None), getattr(self, "net", None)) if m is not None]
+
+    def compile_networks(self) -> None:
+        for module in self.compile_targets():
+            module.compile()
 
     # ------------------------------------------------------------------ construction helpers
     def setup_shared(self) -> None:
@@ -118,6 +156,17 @@ class SSLMethod(pl.LightningModule):
         return {"feats": self.extract_features(x)}
 
     # ------------------------------------------------------------------ training
+    def on_train_start(self) -> None:
+        # Lightning seeds every rank alike, so a step's noise levels, noise, augment-pipe draws
+        # and dropout would repeat on every rank and the global batch would hold world-fold
+        # duplicates of them (DiT seeds each rank differently for the same reason). A resumed
+        # run then replaces this with each rank's saved stream (AtomicCheckpoint).
+        if self.trainer.world_size > 1:
+            seed = rank_seed(self.cfg.seed, self.global_rank)
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         views, labels = batch[0], batch[1]
         self._step_skipped = False
@@ -176,14 +225,34 @@ class SSLMethod(pl.LightningModule):
         if dataloader_idx == 1 and self.online_linear is not None:
             self._val_logits.append(self.online_linear(feats))
 
-    def _gathered(self, chunks: list[Tensor]) -> Tensor:
-        out = torch.cat(chunks) if chunks else torch.empty(0)
-        return out
+    def _gather_val(self) -> None:
+        """Outputs of every rank in dataset order, without the padding rows of the sharded loaders.
+
+        Under DDP each rank evaluated one contiguous, equally padded shard (``EvalShard``), so
+        concatenating in rank order and dropping ``PAD_LABEL`` rows restores the single-process
+        bank and val set exactly; on one process this is the plain concatenation.
+        """
+        self._val = {}
+        for idx, split in ((0, "bank"), (1, "val")):
+            if not self._val_feats.get(idx):
+                continue
+            labels = gather_rows(torch.cat(self._val_labels[idx]))  # (N,)
+            keep = labels != PAD_LABEL
+            self._val[f"{split}_labels"] = labels[keep]
+            feats = gather_rows(torch.cat(self._val_feats[idx]))  # (N, D)
+            self._val[f"{split}_feats"] = feats[keep]
+            if idx == 1 and self._val_logits:
+                self._val["val_logits"] = gather_rows(torch.cat(self._val_logits))[keep]  # (N, C)
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_feats.get(1):
             return
-        metrics = self.online_metrics()
+        self._gather_val()
+        # Evaluated once, on rank 0, and broadcast: every rank logs and returns the same numbers
+        # (GPU scatter-add votes are not bit-reproducible, so ranks must not each recompute them).
+        strategy = self.trainer.strategy
+        metrics = self.online_metrics() if strategy.is_global_zero else {}
+        metrics = strategy.broadcast(metrics, src=0)
         self.last_online_metrics = metrics
         for name, value in metrics.items():
             self.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
@@ -193,22 +262,25 @@ class SSLMethod(pl.LightningModule):
         from ssl_diffusion.eval.online import knn_settings
 
         k, temperature = knn_settings(getattr(self.cfg.eval, "knn", None))
-        sizes = {i: sum(len(c) for c in self._val_labels.get(i, [])) for i in (0, 1)}
+        sizes = {split: len(self._val.get(f"{split}_labels", ())) for split in ("bank", "val")}
         return {"split": "val", "knn_k": k, "knn_temperature": temperature,
-                "bank_size": sizes[0], "val_size": sizes[1], "linear": "online BN+Linear head"}
+                "bank_size": sizes["bank"], "val_size": sizes["val"],
+                "linear": "online BN+Linear head"}
 
     def online_metrics(self) -> dict[str, float]:
+        """Online kNN / linear accuracies on the gathered bank and val split (``_gather_val``)."""
         from ssl_diffusion.eval.online import online_knn, topk_accuracy
 
-        val_y = self._gathered(self._val_labels[1])
+        v = self._val
         metrics: dict[str, float] = {}
-        if self.cfg.eval.online_knn and self._val_feats[0]:
-            bank, bank_y = self._gathered(self._val_feats[0]), self._gathered(self._val_labels[0])
-            metrics.update(online_knn(bank, bank_y, self._gathered(self._val_feats[1]), val_y,
-                                      self.info.num_classes, getattr(self.cfg.eval, "knn", None)))
-        if self._val_logits:
-            logits = self._gathered(self._val_logits)
-            top1, top5 = topk_accuracy(logits, val_y, (1, 5))
+        if "val_labels" not in v:
+            return metrics
+        if self.cfg.eval.online_knn and "bank_feats" in v:
+            metrics.update(online_knn(v["bank_feats"], v["bank_labels"], v["val_feats"],
+                                      v["val_labels"], self.info.num_classes,
+                                      getattr(self.cfg.eval, "knn", None)))
+        if "val_logits" in v:
+            top1, top5 = topk_accuracy(v["val_logits"], v["val_labels"], (1, 5))
             metrics.update({"linear_top1": top1, "linear_top5": top5})
         return metrics
 

@@ -261,7 +261,7 @@ class DDAE(SSLMethod):
         if class_labels is not None:
             class_labels = class_labels.to(self.device)
         images = sample(self.objective, net, noise, sampler_cfg, class_labels=class_labels,
-                        generators=generators, progress=progress)
+                        generators=generators, null_label=self.info.num_classes, progress=progress)
         net.train(was_training)
         return images.float().clamp(-1, 1)
 

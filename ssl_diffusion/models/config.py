@@ -81,6 +81,17 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None:
                 sizes[name] = list(value) if isinstance(value, list) else value
+        if self.arch == "unet":  # GroupNorm(32, C) needs every level's width divisible by 32
+            bad = [sizes["width"] * m for m in sizes["channel_mult"] if (sizes["width"] * m) % 32]
+            if bad:
+                raise UserError(
+                    f"model.width={sizes['width']} x channel_mult={sizes['channel_mult']} gives "
+                    f"{bad[0]} channels, not a multiple of 32 (GroupNorm groups); use a multiple of 32"
+                )
+        elif sizes["width"] % sizes["heads"]:
+            raise UserError(
+                f"model.width={sizes['width']} is not divisible by model.heads={sizes['heads']}"
+            )
         return sizes
 
 

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Train recipes x seeds side by side, run the shared evaluators, and write a report.
+
+    python main_compare.py --recipes recipes/quickstart.yaml recipes/quickstart_ddaepp.yaml --seeds 0
+    python main_compare.py --recipes recipes/fmnist/ddae_dit.yaml recipes/fmnist/simclr.yaml@0 --seeds 0 1 2
+
+RECIPE@SEEDS restricts one recipe to some seeds. Finished runs are skipped, interrupted ones
+resume. Writes <out>/comparison.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ssl_diffusion.cli import run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", nargs="+", required=True, help="recipe files (RECIPE or RECIPE@SEED,...)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--out", default="runs/compare", help="folder for the runs and the report")
+    p.add_argument("--no-sweep", action="store_true", help="skip the layer x noise sweep")
+    p.add_argument("--sweep-layers", default=None, help="comma-separated layers for the sweep")
+    p.add_argument("--sweep-noises", default=None, help="comma-separated noise levels (sigma)")
+    p.add_argument("--no-linear", action="store_true", help="skip the offline linear probe")
+    p.add_argument("--no-fid", action="store_true", help="skip FID for generative methods")
+    p.add_argument("--fid-n", type=int, default=1000, help="generated images per run")
+    p.add_argument("--fid-ref-n", type=int, default=5000, help="reference images (cached)")
+    p.add_argument("--fid-sampler", default=None)
+    p.add_argument("--fid-steps", type=int, default=None)
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
+    args = p.parse_args(argv)
+    from ssl_diffusion.compare import CompareOptions, compare
+    from ssl_diffusion.errors import UserError
+
+    if args.fid_n < 1 or (args.fid_ref_n is not None and args.fid_ref_n < 1):
+        raise UserError("--fid-n and --fid-ref-n must be >= 1")
+    noises = None
+    if args.sweep_noises:
+        try:
+            noises = [float(v) for v in args.sweep_noises.split(",")]
+        except ValueError:
+            raise UserError(f"--sweep-noises `{args.sweep_noises}` must be comma-separated numbers") from None
+    opts = CompareOptions(
+        out=Path(args.out), seeds=args.seeds, overrides=args.overrides, sweep=not args.no_sweep,
+        sweep_layers=args.sweep_layers.split(",") if args.sweep_layers else None,
+        sweep_noises=noises, fid=not args.no_fid, fid_n=args.fid_n, fid_ref_n=args.fid_ref_n,
+        fid_sampler=args.fid_sampler, fid_steps=args.fid_steps, linear=not args.no_linear,
+        command="python main_compare.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+    )
+    result = compare(args.recipes, opts)
+    failed = [r for r in result["runs"] if r["status"] != "ok"]
+    print(f"wrote {opts.out}/comparison.md ({len(result['runs'])} runs, {len(failed)} failed)")
+    return 1 if failed and len(failed) == len(result["runs"]) else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

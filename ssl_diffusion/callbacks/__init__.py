@@ -1,0 +1,1 @@
+"""Lightning callbacks that the engine adds to training runs (in-training FID)."""
