@@ -124,16 +124,25 @@ class DDAE(SSLMethod):
     def extract_features(self, x: Tensor, layer: str | None = None, sigma: float | None = None,
                          use_ema: bool | None = None) -> Tensor:
         """Pooled features (N, D) of ``layer`` at noise ``sigma``; per-image seeded noise."""
-        layer = self.feature_layer if layer is None else self.net.check_layer(layer)
+        layer = self.feature_layer if layer is None else layer
+        return self.extract_features_multi(x, [layer], sigma, use_ema)[layer]
+
+    @torch.no_grad()
+    def extract_features_multi(self, x: Tensor, layers: Sequence[str], sigma: float | None = None,
+                               use_ema: bool | None = None) -> dict[str, Tensor]:
+        """Pooled features {layer: (N, D_layer)} of several layers from one forward pass at one
+        noise level (the layer x noise sweep); the noise is the same as ``extract_features``'."""
+        layers = [self.net.check_layer(name) for name in layers]
+        last = max(layers, key=self.net.layer_names.index)
         sigma = self.feature_sigma() if sigma is None else sigma
         net = self.feature_net(use_ema)
         was_training = net.training
         net.eval()
         noise = seeded_randn(content_seeds(x, self.cfg.eval.features.seed), x.shape[1:]).to(x)
         x_in, c_noise = self.objective.noisy_input(x, sigma, noise)
-        out = net(x_in, c_noise, taps=(layer,), stop_after=layer)
+        out = net(x_in, c_noise, taps=tuple(layers), stop_after=last)
         net.train(was_training)
-        return out.feats[layer].float()  # (N, D)
+        return {name: out.feats[name].float() for name in layers}  # each (N, D_layer)
 
     # ------------------------------------------------------------------ training
     def _labels(self, labels: Tensor) -> Tensor | None:
