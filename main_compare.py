@@ -32,13 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fid-ref-n", type=int, default=5000, help="reference images (cached)")
     p.add_argument("--fid-sampler", default=None)
     p.add_argument("--fid-steps", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None,
+                   help="cap on images per split for kNN gallery / probe / queries (e.g. 10000)")
+    p.add_argument("--no-raw-pixels", action="store_true", help="skip the raw-pixel baseline row")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
     args = p.parse_args(argv)
     from ssl_diffusion.compare import CompareOptions, compare
     from ssl_diffusion.errors import UserError
 
-    if args.fid_n < 1 or (args.fid_ref_n is not None and args.fid_ref_n < 1):
-        raise UserError("--fid-n and --fid-ref-n must be >= 1")
+    if args.fid_n < 2 or (args.fid_ref_n is not None and args.fid_ref_n < 2):
+        raise UserError("--fid-n and --fid-ref-n must be >= 2 (FID needs a covariance)")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit} must be >= 1")
     noises = None
     if args.sweep_noises:
         try:
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep_layers=args.sweep_layers.split(",") if args.sweep_layers else None,
         sweep_noises=noises, fid=not args.no_fid, fid_n=args.fid_n, fid_ref_n=args.fid_ref_n,
         fid_sampler=args.fid_sampler, fid_steps=args.fid_steps, linear=not args.no_linear,
+        limit=args.limit, raw_pixels=not args.no_raw_pixels,
         command="python main_compare.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
     )
     result = compare(args.recipes, opts)

@@ -41,6 +41,8 @@ class CompareOptions:
     fid_sampler: str | None = None  # None = each recipe's sampler
     fid_steps: int | None = None
     linear: bool = True
+    limit: int | None = None  # cap on images per split (e.g. a 10k kNN gallery / probe set)
+    raw_pixels: bool = True  # add the raw-pixel baseline under the same protocol
     command: str = ""  # the command line, recorded in the report
 
 
@@ -106,18 +108,60 @@ def run_one(recipe: str, seed: int, opts: CompareOptions) -> RunRecord:
     from ssl_diffusion.eval import runner
 
     stages: list[tuple[str, Callable[[], Any]]] = []
+    lim = opts.limit
     if "knn" not in done:
-        stages.append(("knn", lambda: runner.run_knn(ckpt, progress=False)))
+        stages.append(("knn", lambda: runner.run_knn(ckpt, progress=False, limit=lim)))
     if opts.linear and "linear" not in done:
-        stages.append(("linear", lambda: runner.run_linear(ckpt, progress=False)))
+        stages.append(("linear", lambda: runner.run_linear(ckpt, progress=False, limit=lim)))
     if cfg.method in GENERATIVE and opts.sweep and "sweep" not in done:
         stages.append(("sweep", lambda: runner.run_sweep(
-            ckpt, layers=opts.sweep_layers, noises=opts.sweep_noises, metric="both", progress=False)))
+            ckpt, layers=opts.sweep_layers, noises=opts.sweep_noises, metric="both",
+            progress=False, limit=lim)))
     if cfg.method in GENERATIVE and opts.fid and "fid" not in done:
         stages.append(("fid", lambda: _fid(ckpt, opts)))
     for name, fn in stages:
         _stage(record, name, fn)  # later stages still run after a failing one
     return _collect(record)
+
+
+def raw_pixel_baseline(recipe: str, opts: CompareOptions) -> dict[str, Any]:
+    """kNN and linear probe on raw pixels ([-1, 1], flattened) under the recipes' protocol:
+    the same splits, gallery, k, T and probe settings as every learned representation."""
+    import numpy as np
+
+    from ssl_diffusion.config import load_config
+    from ssl_diffusion.data.datasets import build_splits
+    from ssl_diffusion.data.transforms import eval_transform
+    from ssl_diffusion.eval.features import FeatureSet
+    from ssl_diffusion.eval.runner import knn_on_features, linear_on_features
+
+    cache = opts.out / "raw_pixels.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    cfg = load_config(recipe, opts.overrides)
+    splits = build_splits(cfg.data)
+    tf = eval_transform(splits.info, "symmetric")
+
+    def pixels(dataset: Any) -> FeatureSet:
+        n = len(dataset) if opts.limit is None else min(opts.limit, len(dataset))
+        xs, ys = zip(*(dataset[i] for i in range(n)))
+        feats = np.stack([tf(x).flatten().numpy() for x in xs]).astype(np.float32)
+        return FeatureSet(feats, np.asarray(ys, dtype=np.int64))
+
+    train = pixels(splits.train)
+    evals = {"val": pixels(splits.val), "test": pixels(splits.test)}
+    import torch
+
+    knn = knn_on_features(train, evals, splits.info.num_classes, cfg.eval.knn)
+    linear = linear_on_features(train, evals, splits.info.num_classes, cfg.eval.linear,
+                                torch.device("cpu")) if opts.linear else {}
+    result = {"knn_top1": knn["test_top1"], "knn_val_top1": knn["val_top1"],
+              "linear_top1": linear.get("test_top1"), "linear_val_top1": linear.get("val_top1"),
+              "protocol": {"features": "raw pixels in [-1, 1], flattened", "dataset": cfg.data.name,
+                           "train_size": len(train), "limit": opts.limit,
+                           "knn": knn["protocol"]}}
+    atomic_write_text(cache, json.dumps(result, indent=2, default=str) + "\n")
+    return result
 
 
 def _fid(ckpt: Path, opts: CompareOptions) -> dict:
@@ -163,6 +207,7 @@ def _get(d: dict, *keys: str) -> Any:
 # ----------------------------------------------------------------------------- report
 
 REPORT_METRICS = [
+    ("sweep_cell", "val-chosen (layer@sigma)"),
     ("knn_top1", "kNN top-1 (test, %)"),
     ("linear_top1", "linear top-1 (test, %)"),
     ("sweep_knn_top1", "kNN top-1 @ val-chosen cell (test, %)"),
@@ -187,11 +232,16 @@ def aggregate(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
         by_recipe.setdefault(r.recipe, []).append(r)
     agg = {}
     for recipe, runs in by_recipe.items():
-        ok = [r for r in runs if r.status == "ok"]
-        row: dict[str, Any] = {"method": runs[0].method, "seeds": [r.seed for r in ok],
+        row: dict[str, Any] = {"method": runs[0].method, "seeds": [r.seed for r in runs],
                                "failed": [r.seed for r in runs if r.status != "ok"]}
+        cells = sorted({str(r.metrics["sweep_cell"]) for r in runs if "sweep_cell" in r.metrics})
+        if cells:
+            row["sweep_cell"] = cells
         for key, _ in REPORT_METRICS:
-            vals = [float(r.metrics[key]) for r in ok if isinstance(r.metrics.get(key), (int, float))
+            if key == "sweep_cell":
+                continue
+            # a run that failed at a later stage still contributes the numbers it produced
+            vals = [float(r.metrics[key]) for r in runs if isinstance(r.metrics.get(key), (int, float))
                     and not math.isnan(float(r.metrics[key]))]
             if vals:
                 mean, std = mean_std(vals)
@@ -200,9 +250,11 @@ def aggregate(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
     return agg
 
 
-def _fmt(cell: dict | None, key: str) -> str:
+def _fmt(cell: Any, key: str) -> str:
     if not cell:
         return "–"
+    if isinstance(cell, list):
+        return ", ".join(cell)
     digits = 0 if key in ("images_seen", "params", "train_wall_time_s") else (1 if key == "images_per_s" else 2)
     mean = f"{cell['mean']:,.{digits}f}"
     return mean if cell["std"] is None else f"{mean} ± {cell['std']:,.{digits}f}"
@@ -235,20 +287,29 @@ def environment() -> dict[str, Any]:
 
 
 def write_markdown(path: Path, agg: dict, records: list[RunRecord], opts: CompareOptions,
-                   env: dict, extra: dict[str, Any] | None = None) -> None:
+                   env: dict, raw: dict[str, Any] | None = None) -> None:
     lines = ["# Comparison", "", f"Command: `{opts.command}`", "",
              f"ssl_diffusion {env['version']} (commit {env['commit']}), torch {env['torch']}, "
              f"{env['cpu']} x{env['cpu_count']}" + (f", GPU {env['gpu']}" if env["gpu"] else "") +
              f", {env['date']}.", ""]
-    for key, value in (extra or {}).items():
-        lines += [f"{key}: {value}", ""]
     keys = [k for k, _ in REPORT_METRICS if any(k in row for row in agg.values())]
     header = "| recipe | method | seeds | " + " | ".join(dict(REPORT_METRICS)[k] for k in keys) + " |"
     lines += [header, "|" + "---|" * (3 + len(keys))]
     for recipe, row in agg.items():
         cells = " | ".join(_fmt(row.get(k), k) for k in keys)
-        lines.append(f"| {Path(recipe).stem} | {row['method']} | {len(row['seeds'])} | {cells} |")
-    lines += ["", "Mean ± sample standard deviation over seeds (no ± with one seed).", ""]
+        seeds = f"{len(row['seeds'])}" + (f" ({len(row['failed'])} failed)" if row["failed"] else "")
+        lines.append(f"| {Path(recipe).stem} | {row['method']} | {seeds} | {cells} |")
+    if raw and "error" not in raw:
+        pix = {"knn_top1": raw.get("knn_top1"), "linear_top1": raw.get("linear_top1")}
+        cells = " | ".join(f"{pix[k]:.2f}" if pix.get(k) is not None else "–" for k in keys)
+        lines.append(f"| raw pixels | – | – | {cells} |")
+    elif raw:
+        lines += ["", f"Raw-pixel baseline failed: {raw['error']}"]
+    lines += ["", "Mean ± sample standard deviation over seeds (no ± with one seed). kNN: DINO "
+              "weighted kNN (cosine, T and k from eval.knn) with the train split as gallery; "
+              "linear: BN (no affine) + linear probe on frozen train-split features; diffusion "
+              "methods: the (layer, noise) cell chosen on the validation split, reported on test."
+              + (f" Every split capped at {opts.limit} images." if opts.limit else ""), ""]
     failed = [r for r in records if r.status != "ok"]
     if failed:
         lines += ["## Failed runs", ""]
@@ -326,9 +387,15 @@ def compare(recipes: list[str], opts: CompareOptions) -> dict[str, Any]:
             records.append(record)
     agg = aggregate(records)
     env = environment()
-    result = {"command": opts.command, "environment": env, "aggregate": agg,
+    raw = None
+    if opts.raw_pixels:
+        try:
+            raw = raw_pixel_baseline(plan[0][0], opts)
+        except Exception as exc:  # noqa: BLE001 - the baseline must not lose the report
+            raw = {"error": f"{type(exc).__name__}: {exc}"}
+    result = {"command": opts.command, "environment": env, "aggregate": agg, "raw_pixels": raw,
               "runs": [r.__dict__ for r in records]}
     atomic_write_text(opts.out / "comparison.json", json.dumps(result, indent=2, default=str) + "\n")
-    write_markdown(opts.out / "comparison.md", agg, records, opts, env)
+    write_markdown(opts.out / "comparison.md", agg, records, opts, env, raw)
     write_plot(opts.out / "comparison.png", records)
     return result

@@ -130,6 +130,13 @@ def validate_config(cfg: Any) -> None:
     _require(e.every_n_steps >= 0, "eval.every_n_steps", e.every_n_steps, "must be >= 0")
     if e.bank_size is not None:
         _require(e.bank_size >= 1, "eval.bank_size", e.bank_size, "must be >= 1")
+    lin = e.linear
+    _require(lin.epochs >= 1, "eval.linear.epochs", lin.epochs, "must be >= 1")
+    _require(0 <= lin.warmup_epochs <= lin.epochs, "eval.linear.warmup_epochs", lin.warmup_epochs,
+             f"must lie in [0, eval.linear.epochs={lin.epochs}]")
+    _require(lin.batch_size >= 1, "eval.linear.batch_size", lin.batch_size, "must be >= 1")
+    _require(all(k >= 1 for k in e.knn.k) and e.knn.k, "eval.knn.k", e.knn.k, "must be positive")
+    _require(e.knn.temperature > 0, "eval.knn.temperature", e.knn.temperature, "must be > 0")
     a = cfg.aug
     for key in ("cj_prob", "gray_prob", "hflip_prob", "solarize_prob"):
         value = getattr(a, key)

@@ -1,0 +1,77 @@
+"""main_compare.py end to end on the two quickstart recipes (one seed, a few steps), plus the
+report's aggregation and failure isolation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ssl_diffusion.cli import run_cli
+from ssl_diffusion.compare import RunRecord, aggregate, mean_std, parse_recipe_spec
+from ssl_diffusion.errors import UserError
+
+TINY = ["trainer.max_steps=2", "logger.wandb.enabled=false", "trainer.progress_bar=false",
+        "eval.linear.epochs=2", "eval.linear.warmup_epochs=0", "backbone.name=vit_micro",
+        "eval.knn.k=[5,10]", "eval.knn.report_k=5"]
+
+
+@pytest.mark.slow
+def test_compare_two_quickstart_recipes_end_to_end(tmp_path, capsys):
+    import main_compare
+
+    out = tmp_path / "cmp"
+    argv = ["--recipes", "recipes/quickstart.yaml", "recipes/quickstart_ddaepp.yaml", "--seeds", "0",
+            "--out", str(out), "--fid-n", "4", "--fid-ref-n", "4", "--sweep-layers", "block1,block3",
+            "--sweep-noises", "0.05,0.2", *TINY]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main_compare.main, argv)
+    assert exit_info.value.code == 0
+    report = json.loads((out / "comparison.json").read_text())
+    runs = {r["run_dir"].split("/")[-1]: r for r in report["runs"]}
+    assert set(runs) == {"quickstart-s0", "quickstart_ddaepp-s0"}
+    assert all(r["status"] == "ok" for r in runs.values()), runs
+    diff = runs["quickstart_ddaepp-s0"]["metrics"]
+    for key in ("knn_top1", "linear_top1", "sweep_knn_top1", "sweep_linear_top1", "fid", "images_per_s"):
+        assert key in diff, key
+    assert "fid" not in runs["quickstart-s0"]["metrics"]  # SimCLR cannot generate
+    assert 0 <= report["raw_pixels"]["knn_top1"] <= 100
+    md = (out / "comparison.md").read_text()
+    assert "raw pixels" in md and "quickstart_ddaepp" in md and "ddaepp" in md
+    assert (out / "comparison.png").stat().st_size > 1000
+    # a second invocation trains and evaluates nothing again
+    mtime = (out / "quickstart-s0" / "last.ckpt").stat().st_mtime_ns
+    with pytest.raises(SystemExit):
+        run_cli(main_compare.main, argv)
+    assert (out / "quickstart-s0" / "last.ckpt").stat().st_mtime_ns == mtime
+
+
+def test_a_failing_run_does_not_lose_the_others(tmp_path, capsys):
+    import main_compare
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: simclr\noptim: {lrr: 1}\n")  # unknown key: fails at the config stage
+    argv = ["--recipes", str(bad), "--seeds", "0", "--out", str(tmp_path / "c"), "--no-fid",
+            "--no-raw-pixels", *TINY]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main_compare.main, argv)
+    assert exit_info.value.code == 1  # every run failed
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    assert "Failed runs" in md and "optim.lrr" in md
+
+
+def test_aggregate_mean_and_sample_std():
+    records = [RunRecord("r.yaml", s, f"/x/r-s{s}", "ddae", "ok", metrics={"knn_top1": v})
+               for s, v in enumerate([70.0, 72.0, 74.0])]
+    records.append(RunRecord("r.yaml", 3, "/x/r-s3", "ddae", "failed", "boom", "train", {}))
+    row = aggregate(records)["r.yaml"]
+    assert row["knn_top1"] == {"mean": 72.0, "std": 2.0, "n": 3}
+    assert row["failed"] == [3]
+    assert mean_std([5.0]) == (5.0, None)
+
+
+def test_recipe_spec_with_seeds():
+    assert parse_recipe_spec("a.yaml", [0, 1, 2]) == ("a.yaml", [0, 1, 2])
+    assert parse_recipe_spec("a.yaml@0,2", [0, 1, 2]) == ("a.yaml", [0, 2])
+    with pytest.raises(UserError, match="RECIPE@SEED"):
+        parse_recipe_spec("a.yaml@x", [0])
