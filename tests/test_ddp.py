@@ -17,8 +17,10 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -35,24 +37,25 @@ WORLD = 2
 # --------------------------------------------------------------------------- process harness
 
 
-def _worker(rank: int, init_file: str, fn_name: str, out_dir: str) -> None:
+def _worker(rank: int, init_file: str, fn: str | Callable[[int], Any], out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
-        result = globals()[fn_name](rank)
+        result = (globals()[fn] if isinstance(fn, str) else fn)(rank)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def run_on_ranks(fn_name: str, tmp_path: Path) -> list:
-    """Run module-level ``fn_name(rank)`` on 2 gloo processes; their return values by rank.
+def run_on_ranks(fn: str | Callable[[int], Any], tmp_path: Path) -> list:
+    """Run ``fn(rank)`` (a callable, or the name of a function of this module) on 2 gloo
+    processes; their return values by rank (tensors, lists, dicts: ``weights_only`` types).
 
     Forked, not spawned: a spawned child re-imports Lightning and the test modules (~10 s on
-    a loaded 2-core machine), a forked one starts at once.
+    a loaded 2-core machine), a forked one starts at once (and ``fn`` need not be picklable).
     """
-    mp.start_processes(_worker, args=(str(tmp_path / "pg_init"), fn_name, str(tmp_path)),
+    mp.start_processes(_worker, args=(str(tmp_path / "pg_init"), fn, str(tmp_path)),
                        nprocs=WORLD, join=True, start_method="fork")
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
