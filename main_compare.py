@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.fid_n < 2 or (args.fid_ref_n is not None and args.fid_ref_n < 2):
         raise UserError("--fid-n and --fid-ref-n must be >= 2 (FID needs a covariance)")
+    bad_seeds = [s for s in args.seeds if not 0 <= s < 2**32]
+    if bad_seeds:
+        raise UserError(f"--seeds {bad_seeds[0]} is invalid; seeds must lie in [0, 2**32 - 1]")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit} must be >= 1")
     noises = None

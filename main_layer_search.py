@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or not 0 < args.tail <= 1:
         raise UserError("--steps must be >= 1 and --tail in (0, 1]")
     cfg = load_config(args.config, args.overrides)
+    if cfg.method != "ddaepp":  # before building it: other methods have no denoiser layers
+        raise UserError(f"the source-layer search needs method=ddaepp (got `{cfg.method}`); pass a "
+                        f"ddaepp recipe such as recipes/quickstart_ddaepp.yaml")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     if not layers:
         raise UserError("--layers is empty; give layer names such as block1,block3")

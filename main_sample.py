@@ -76,11 +76,11 @@ def _seeds(args: argparse.Namespace, first_seed: int) -> list[int]:
 def _device(name: str) -> str:
     import torch
 
+    from ssl_diffusion.cli import check_device
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} but no CUDA device is available; use --device cpu")
-    return name
+    return check_device(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = class_labels_for(method, seeds, classes)
     method.to(_device(args.device))
     out = Path(args.out) if args.out else loaded.path.parent
+    png_dir = out / args.png_dir if args.png_dir else None
+    for flag, folder in (("--out", out), ("--png-dir", png_dir)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise UserError(f"{flag} {folder} is an existing file, not a folder; pass a folder "
+                            f"(it is created when missing)")
     stage = None
     if args.fid:
         if len(seeds) < 2:
@@ -138,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
         stage = FIDStage(cfg, fid_cfg, device=method.device)  # weights checked before sampling
 
     grid: list = []
-    png_dir = out / args.png_dir if args.png_dir else None
     npz = (NpzWriter(out / "samples.npz", len(seeds), method.info.image_size,
                      method.info.image_size, with_labels=labels is not None) if args.npz else None)
     done = 0

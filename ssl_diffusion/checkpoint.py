@@ -154,6 +154,13 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise UserError(f"checkpoint path {path} is a directory; pass a .ckpt file (e.g. {path}/last.ckpt)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (legacy: a pickle, protocol byte 0x80); anything else is
+    # another kind of file, not a damaged checkpoint (an empty file is a truncated one)
+    if head and not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise UserError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
+                        f"pass a checkpoint written by main_pretrain.py, e.g. runs/<run>/last.ckpt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - classify the failure for the user

@@ -18,6 +18,31 @@ EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
 
 
+def check_device(name: str | None, flag: str = "--device") -> str | None:
+    """``name`` when torch can use that device on this machine (``None`` and ``auto`` pass), else
+    a one-line ``UserError`` naming the devices that are available."""
+    if name is None or name == "auto":
+        return name
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{flag} `{name}` is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"{flag} {name} but no CUDA device is available; use {flag} cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"{flag} {name} but this machine has {count} CUDA device(s) "
+                            f"(cuda:0..cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{flag} {name} but MPS is not available here; use {flag} cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"{flag} `{name}` is not supported; use cpu, cuda or cuda:N")
+    return name
+
+
 def _worker_message(exc: BaseException) -> str | None:
     """DataLoader workers re-raise errors with the original traceback in the message."""
     text = str(exc)

@@ -31,7 +31,9 @@ def quiet_lightning() -> None:
                     ".*LeafSpec.*", ".*is not resumable.*", ".*sync_dist=True.*",
                     ".*Trying to infer the `batch_size`.*", ".*TPU available.*",
                     ".*The number of training batches.*", ".*Checkpoint directory.*",
-                    r".*module\(s\) in eval mode.*"):
+                    r".*module\(s\) in eval mode.*",
+                    # data.val_fraction=0: the online-eval val loader is empty by design
+                    ".*Total length of `DataLoader` across ranks is zero.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -120,6 +122,37 @@ def make_trainer(cfg: Any, run_dir: Path, callbacks: list, loggers: list | bool)
     )
 
 
+def check_trainer_config(cfg: Any) -> None:
+    """Accelerator / devices / strategy / precision errors as one line before any file is
+    written (Lightning checks them only when the Trainer is built, after the run directory)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    t = cfg.trainer
+    try:
+        pl.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                   strategy=t.strategy, precision=t.precision, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False)
+    except (ValueError, RuntimeError, ImportError, MisconfigurationException) as exc:
+        text = str(exc).strip()
+        raise UserError(
+            f"trainer.accelerator={t.accelerator} trainer.devices={t.devices} "
+            f"trainer.strategy={t.strategy} trainer.precision={t.precision} cannot run here: "
+            f"{text.splitlines()[0] if text else type(exc).__name__}") from None
+
+
+def _resume_step(cfg: Any, method: Any, run_dir: Path) -> int | None:
+    """Global step of ``run_dir/last.ckpt`` when the run resumes from it (after checking that it
+    is a readable checkpoint of this method and architecture), else None."""
+    last = run_dir / "last.ckpt"
+    if not (cfg.run.resume and last.exists()):
+        return None
+    ckpt = load_checkpoint_file(last)
+    check_compatible(ckpt, cfg.method, method.arch_name(), last)
+    return int(ckpt.get("global_step", 0))
+
+
 def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     """Train ``cfg.method`` on ``cfg.data``; resume from ``last.ckpt`` when present."""
     import pytorch_lightning as pl
@@ -136,22 +169,20 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
 
     # eval.fid is checked (method can generate, Inception weights found) before any file is written
     fid_cbs = fid_callbacks(cfg, method, Path(cfg.run.root) / run_name(cfg, recipe), splits)
+    check_trainer_config(cfg)
     if cfg.trainer.compile:
         method.compile_networks()  # nn.Module.compile: in place, checkpoint keys unchanged
-    # The run directory first: run.overwrite=true may move an old run (and its last.ckpt) aside.
+    run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
+    # The checkpoint to resume is checked before prepare_run_dir rewrites config.yaml, so a bad
+    # last.ckpt leaves the run directory as it was; with run.overwrite=true the old run may be
+    # moved aside first, so it is checked after.
+    resume_step = None if cfg.run.overwrite else _resume_step(cfg, method, run_dir)
     rank_zero = is_launch_rank_zero()
     if rank_zero:
         run_dir = prepare_run_dir(cfg, recipe)
-    else:  # launched by rank 0 once it had prepared the directory
-        run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
-    resume = None
-    last = run_dir / "last.ckpt"
-    if cfg.run.resume and last.exists():
-        ckpt = load_checkpoint_file(last)
-        check_compatible(ckpt, cfg.method, method.arch_name(), last)
-        resume = last
-        resume_step = int(ckpt.get("global_step", 0))
-        del ckpt
+    if cfg.run.overwrite:
+        resume_step = _resume_step(cfg, method, run_dir)
+    resume = run_dir / "last.ckpt" if resume_step is not None else None
     if resume is not None and rank_zero:
         truncate_metrics_csv(run_dir / "metrics.csv", resume_step)
     ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
@@ -221,7 +252,14 @@ def load_method(path: str | Path, overrides: list[str] = ()) -> LoadedMethod:
     validate_config(cfg)
     info = DataInfo(**meta["data_info"])
     method = method_class(cfg)(cfg, info)
-    missing, unexpected = method.load_state_dict(ckpt["state_dict"], strict=False)
+    try:
+        missing, unexpected = method.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as exc:  # same names, other shapes (e.g. a model.* override)
+        shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise UserError(f"checkpoint {path} does not match {meta.get('method')} as built now "
+                        f"({len(shapes)} tensors differ in shape, e.g. "
+                        f"{shapes[0] if shapes else str(exc).splitlines()[0]}); drop the model.* "
+                        f"overrides") from None
     if unexpected or [k for k in missing if not k.startswith("online_linear")]:
         raise UserError(f"checkpoint {path} does not match {meta.get('method')} as built now "
                         f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")

@@ -99,6 +99,12 @@ def validate_config(cfg: Any) -> None:
     METHODS.get(cfg.method)  # unknown names fail here, so also under --dry-run
     DATASETS.get(cfg.data.name)
     t, d, o = cfg.trainer, cfg.data, cfg.optim
+    # numpy seeds (data order, the train/val split) must lie in [0, 2**32); torch accepts more
+    seeds = {"seed": cfg.seed, "data.split_seed": d.split_seed,
+             "eval.features.seed": cfg.eval.features.seed, "eval.fid.seed": cfg.eval.fid.seed,
+             "eval.linear.seed": cfg.eval.linear.seed}
+    for key, value in seeds.items():
+        _require(0 <= value < 2**32, key, value, "must be a seed in [0, 2**32 - 1]")
     if t.max_steps is None and t.max_epochs is None:
         raise UserError("set a training length: trainer.max_steps=N or trainer.max_epochs=N")
     if t.max_steps is not None:

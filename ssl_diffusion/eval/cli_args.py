@@ -36,6 +36,10 @@ def eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["limit"] = args.limit
     if args.device is not None and args.device.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device `{args.device}` is not a torch device; use cpu or cuda")
+    if args.device is not None and args.device != "cpu":
+        from ssl_diffusion.cli import check_device
+
+        check_device(args.device)
     return kwargs
 
 

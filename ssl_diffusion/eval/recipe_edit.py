@@ -59,12 +59,16 @@ def _edited(text: str, merged_eval: dict, features: dict) -> str:
     return text[:at] + "\n" + " " * indent + f"features: {_flow(features)}" + text[at:]
 
 
-def write_feature_recipe(path: str | Path, values: dict[str, Any], method: str) -> str:
+def write_feature_recipe(path: str | Path, values: dict[str, Any], method: str,
+                         check_only: bool = False) -> str:
     """Merge ``values`` into ``eval.features`` of the recipe at ``path``; returns what was done
-    (``created`` / ``updated``)."""
+    (``created`` / ``updated``). ``check_only``: only raise the errors a later write would raise
+    for this file (so a sweep can refuse a bad path before its work), writing nothing."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--write-recipe {path} is a directory; pass a .yaml file path")
+    if check_only and not path.exists():
+        return "checked"
     if not path.exists():
         header = "# eval.features chosen by the layer x noise sweep (main_sweep.py)\n"
         atomic_write_text(path, header + f"eval:\n  features: {_flow(values)}\n")
@@ -89,6 +93,8 @@ def write_feature_recipe(path: str | Path, values: dict[str, Any], method: str) 
     feats = (ev or {}).get("features")
     if feats is not None and not isinstance(feats, dict):
         raise UserError(f"`eval.features` in {path} is not a mapping; refusing to overwrite it")
+    if check_only:
+        return "checked"
     expected = copy.deepcopy(data)
     merged_eval = expected["eval"] = dict(ev or {})
     merged_feats = merged_eval["features"] = {**(feats or {}), **values}

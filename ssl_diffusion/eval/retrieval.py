@@ -161,10 +161,11 @@ def run_retrieval(ckpt: Any, query: str | int | Path, overrides: Sequence[str] =
                             f"existing image file")
         image, label, source = load_query_image(parsed, info.channels, info.image_size), None, \
             str(parsed)
-    index, gallery_feats = gallery_index(ex, gallery, spec)
-    if k > len(index):
-        raise UserError(f"--k {k} is larger than the {gallery} gallery ({len(index)} images); "
+    n_gallery = len(ex.dataset(gallery))  # checked before the gallery's features are computed
+    if k > n_gallery:
+        raise UserError(f"--k {k} is larger than the {gallery} gallery ({n_gallery} images); "
                         f"lower --k")
+    index, gallery_feats = gallery_index(ex, gallery, spec)
     x = ex.transform(image).unsqueeze(0).to(ex.device)  # (1, C, H, W)
     method = loaded.method.to(ex.device).eval()
     q = encode(method, spec, x).cpu()  # (1, D)

@@ -161,6 +161,20 @@ def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[s
     splits = _check_splits(splits)
     cfg = loaded.cfg
     ex = _extractor(loaded, progress, batch_size, device, cache)
+    # The evaluators' own checks, before the (slow, cached) feature extraction.
+    if kind == "linear":
+        from ssl_diffusion.eval.linear import validate_linear_config
+
+        validate_linear_config(cfg.eval.linear)
+    else:
+        from ssl_diffusion.eval.knn import validate_knn_config
+
+        validate_knn_config(cfg.eval.knn)
+        bank = len(ex.dataset("train", limit))
+        if max(cfg.eval.knn.k) > bank:
+            raise UserError(f"knn.k={cfg.eval.knn.k} asks for {max(cfg.eval.knn.k)} neighbours "
+                            f"but the bank has {bank} rows; drop the larger k values or use a "
+                            f"larger bank")
     spec = ex.spec()
     train = ex.extract("train", spec, limit=limit)
     evals = {s: ex.extract(s, spec, limit=limit) for s in splits}
@@ -279,6 +293,14 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         linear_cfg = dataclasses.replace(
             linear_cfg, epochs=probe_epochs, warmup_epochs=min(linear_cfg.warmup_epochs,
                                                                probe_epochs // 9))
+    if "linear" in sw.metrics_of(metric):
+        from ssl_diffusion.eval.linear import validate_linear_config
+
+        validate_linear_config(linear_cfg)
+    if write_recipe is not None:  # refuse a bad recipe path before the sweep, not after it
+        from ssl_diffusion.eval.recipe_edit import write_feature_recipe
+
+        write_feature_recipe(write_recipe, {}, cfg.method, check_only=True)
     ex = _extractor(loaded, progress, batch_size, device, cache)
     use_ema = cfg.eval.features.use_ema
     n_cls = loaded.info.num_classes
