@@ -109,7 +109,8 @@ def test_pickled_payload_is_refused_on_resume(cli, trained_run, tmp_path, recipe
     assert line.startswith(f"error: refusing to load {bad}") and "unsafe" in line
     assert not marker.exists(), "the payload's code ran"
     assert _stamp(bad) == before
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "last.ckpt"]
+    # refused before the run directory is prepared: not even config.yaml is written
+    assert sorted(p.name for p in run_dir.iterdir()) == ["last.ckpt"]
 
 
 # --------------------------------------------------------------------------- foreign checkpoints
