@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from ssl_diffusion.atomic import atomic_write
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.fid_config import FIDConfig
 from ssl_diffusion.eval.inception import RESIZE_ID, InceptionFeatureNet, load_inception
@@ -362,23 +362,6 @@ def _load_cached(path: str, key_json: str, want_kid: int) -> ReferenceStats | No
         return None
 
 
-def _save_atomic(path: str, **arrays: np.ndarray) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see partial files
-    and concurrent writers (DDP ranks) cannot corrupt the cache."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def reference_stats(
     ref_batches_fn: Callable[[], ImageBatches],
     key: ReferenceKey,
@@ -413,8 +396,11 @@ def reference_stats(
     stats = ReferenceStats(ext.features.mean(), ext.features.cov(), got,
                            ext.features.kept_features, path, False)
     if path:
-        _save_atomic(path, key=np.array(key_json), mu=stats.mu, sigma=stats.sigma,
-                     n=np.array(got), kid_features=stats.kid_features)
+        # atomic: readers never see partial files and concurrent writers (DDP ranks) cannot
+        # corrupt the cache
+        arrays = {"key": np.array(key_json), "mu": stats.mu, "sigma": stats.sigma,
+                  "n": np.array(got), "kid_features": stats.kid_features}
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     return stats
 
 
