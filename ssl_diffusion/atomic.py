@@ -34,7 +34,8 @@ class AtomicFile:
     def __init__(self, path: str | Path, fsync: bool = True) -> None:
         self.path, self.fsync = Path(path), fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                   suffix=".tmp")
         os.close(fd)
         self.tmp = Path(tmp)
 

@@ -415,6 +415,41 @@ def small_n_warning(n_gen: int, n_ref: int, ref_truncated: bool) -> str | None:
             f"with FIDs at the same n and reference set; KID is unbiased")
 
 
+def fid_metrics(gen: ExtractedStats, ref: ReferenceStats, key: ReferenceKey, cfg: FIDConfig,
+                net: InceptionFeatureNet) -> dict:
+    """FID / KID / IS of generated statistics against reference statistics, as the JSON-ready
+    dict ``compute_fid`` returns; takes combined (all-reduced) shards too, so sharded and
+    single-process results agree. ``gen.sizes`` may be empty on a rank that saw no images."""
+    n_gen = gen.features.count
+    if n_gen < 2:
+        raise UserError(f"FID needs at least 2 generated images, got {n_gen}; raise --n / eval.fid.n")
+    if gen.sizes and gen.sizes != {(key.resolution, key.resolution)}:
+        raise ValueError(f"generated images have sizes {sorted(gen.sizes)} but the reference "
+                         f"statistics are for {key.resolution} px images")
+    kept = gen.features.kept_features
+    if len(kept) == n_gen and len(ref.kid_features) == ref.n and min(n_gen, ref.n) < len(ref.mu):
+        fid = frechet_distance_from_features(kept, ref.kid_features)  # small n: exact, fast
+    else:
+        fid = frechet_distance(gen.features.mean(), gen.features.cov(), ref.mu, ref.sigma)
+    m = min(cfg.kid_subset_size, len(kept), len(ref.kid_features))
+    kid_mean, kid_std = (kernel_inception_distance(kept, ref.kid_features, m, cfg.kid_subsets)
+                         if m >= 2 else (None, None))
+    is_mean = is_std = is_note = None
+    if gen.logits is not None:
+        is_mean, is_std = gen.logits.score()
+    else:
+        is_note = ("Inception Score needs classifier logits, which the loaded weights "
+                   f"({net.source.kind}) lack; pass torch-fidelity's "
+                   "weights-inception-2015-12-05-6726825d.pth as eval.fid.weights to get IS")
+    return {
+        "fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": m,
+        "is": is_mean, "is_std": is_std, "is_note": is_note, "n_gen": n_gen, "n_ref": ref.n,
+        "feature_net": net.feature_net_id, "resize": RESIZE_ID,
+        "reference": {**asdict(key), "cache": ref.path, "from_cache": ref.from_cache},
+        "warning": small_n_warning(n_gen, ref.n, key.n is not None),
+    }
+
+
 def compute_fid(
     gen_batches: ImageBatches,
     ref_key: ReferenceKey,
@@ -434,40 +469,6 @@ def compute_fid(
                           batch_size=cfg.batch_size, kid_max_n=cfg.kid_max_n)
     gen = extract_stats(gen_batches, net, limit=cfg.n, batch_size=cfg.batch_size,
                         kid_max_n=cfg.kid_max_n, is_splits=cfg.is_splits)
-    n_gen = gen.features.count
-    if n_gen < 2:
-        raise ValueError(f"FID needs at least 2 generated images, got {n_gen}")
-    if gen.sizes != {(ref_key.resolution, ref_key.resolution)}:
-        raise ValueError(f"generated images have sizes {sorted(gen.sizes)} but the reference "
-                         f"statistics are for {ref_key.resolution} px images")
-    gen_kept = gen.features.kept_features
-    if len(gen_kept) == n_gen and len(ref.kid_features) == ref.n and min(n_gen, ref.n) < len(ref.mu):
-        fid = frechet_distance_from_features(gen_kept, ref.kid_features)  # small n: all rows kept
-    else:
-        fid = frechet_distance(gen.features.mean(), gen.features.cov(), ref.mu, ref.sigma)
-    m = min(cfg.kid_subset_size, len(gen_kept), len(ref.kid_features))
-    kid_mean, kid_std = (kernel_inception_distance(gen_kept, ref.kid_features, m, cfg.kid_subsets)
-                         if m >= 2 else (None, None))
-    is_mean = is_std = None
-    is_note = None
-    if gen.logits is not None:
-        is_mean, is_std = gen.logits.score()
-    else:
-        is_note = ("Inception Score needs classifier logits, which the loaded weights "
-                   f"({net.source.kind}) lack; pass torch-fidelity's "
-                   "weights-inception-2015-12-05-6726825d.pth as eval.fid.weights to get IS")
-    return {
-        "fid": fid,
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        "kid_subset_size": m,
-        "is": is_mean,
-        "is_std": is_std,
-        "is_note": is_note,
-        "n_gen": n_gen,
-        "n_ref": ref.n,
-        "feature_net": net.feature_net_id,
-        "resize": RESIZE_ID,
-        "reference": {**asdict(ref_key), "cache": ref.path, "from_cache": ref.from_cache},
-        "warning": small_n_warning(n_gen, ref.n, ref_key.n is not None),
-    }
+    if gen.features.count < 2:  # a library call's error (fid_metrics' UserError names CLI flags)
+        raise ValueError(f"FID needs at least 2 generated images, got {gen.features.count}")
+    return fid_metrics(gen, ref, ref_key, cfg, net)
