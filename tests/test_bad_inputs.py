@@ -21,7 +21,6 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,18 +200,14 @@ def _image_folder(root: Path, kind: str) -> None:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> Path:
-    import torch
-
-    from tests.generation.conftest import StandInInception
+    from tests.generation.helpers import save_stand_in
 
     root = tmp_path_factory.mktemp("bad_input_assets")
     for kind in ("nonimage", "emptyclass", "unreadable", "mixedsizes"):
         _image_folder(root / kind, kind)
     (root / "broken.yaml").write_text("method: [simclr\n")
     (root / "simclr.yaml").write_text("method: simclr\ntrainer: {max_steps: 2}\n")
-    with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript as deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(StandInInception()), str(root / "stand_in.pt"))
+    save_stand_in(root / "stand_in.pt")
     return root
 
 

@@ -21,7 +21,6 @@ import functools
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -29,8 +28,7 @@ import torch
 import torch.distributed as dist
 
 from tests.conftest import ROOT, subprocess_env
-from tests.generation.conftest import StandInInception
-from tests.generation.helpers import TINY
+from tests.generation.helpers import TINY, pretrain_tiny, save_stand_in
 from tests.test_ddp import DDP, WORLD, run_on_ranks
 
 N_IMAGES = 5  # odd: rank 0 generates 3 images (seeds 0, 2, 4), rank 1 two (1, 3)
@@ -38,21 +36,12 @@ N_IMAGES = 5  # odd: rank 0 generates 3 images (seeds 0, 2, 4), rank 1 two (1, 3
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("inception") / "stand_in.pt"
-    with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript as deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(StandInInception()), str(path))
-    return str(path)
+    return save_stand_in(tmp_path_factory.mktemp("inception") / "stand_in.pt")
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    from ssl_diffusion.config import load_config
-    from ssl_diffusion.engine import pretrain
-
-    root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [*TINY, f"run.root={root}", "run.name=tiny"])
-    return Path(pretrain(cfg)["run_dir"]) / "last.ckpt"
+    return pretrain_tiny(tmp_path_factory.mktemp("runs")) / "last.ckpt"
 
 
 def _fid_eval(ckpt: Path, weights: str, cache_dir: str | None, rank: int = 0,
