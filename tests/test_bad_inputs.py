@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, subprocess_env
+from tests.conftest import ROOT, TINY, run_script
 from tests.eval.helpers import copy_run, trained_checkpoint
 
 DOC = ROOT / "docs" / "troubleshooting.md"
@@ -239,9 +237,7 @@ def _load(name: str):
 
 def _run(case: Case, argv: list[str], cwd: Path, capsys) -> tuple[int, str, str]:
     if case.subprocess:
-        proc = subprocess.run([sys.executable, str(ROOT / f"{case.cli}.py"), *argv], cwd=cwd,
-                              env=subprocess_env(), capture_output=True, text=True, timeout=300,
-                              check=False)
+        proc = run_script(case.cli, *argv, cwd=cwd)
         return proc.returncode, proc.stdout, proc.stderr
     from ssl_diffusion.cli import run_cli
 
