@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,9 @@ class AtomicCheckpoint(pl.Callback):
         path = path or self.last_path
         for logger in trainer.loggers:  # logged rows up to this step are on disk with the ckpt
             logger.save()
+        # Not through ssl_diffusion.atomic: save_checkpoint is collective (every rank calls it
+        # and sharded strategies write from every rank), so the temporary name must be the same
+        # on all ranks rather than a per-process mkstemp name; Lightning writes the file.
         tmp = path.with_name(f".{path.name}.tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
@@ -195,8 +197,3 @@ def check_compatible(ckpt: dict[str, Any], method: str, arch: str | None, path: 
             f"use a checkpoint of the same method/architecture or another run.name"
         )
 
-
-def copy_checkpoint(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ssl_diffusion.atomic import atomic_write, atomic_write_text
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.run import atomic_write_text
 
 GENERATIVE = ("ddae", "ddaepp")  # methods with a sampler (FID) and a (layer, noise) sweep
 
@@ -351,10 +351,8 @@ def write_plot(path: Path, records: list[RunRecord]) -> None:
         ax.text(0.5, 0.5, "no run has both FID and linear accuracy", ha="center",
                 transform=ax.transAxes)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def parse_recipe_spec(spec: str, default_seeds: list[int]) -> tuple[str, list[int]]:

@@ -38,14 +38,11 @@ from ssl_diffusion.eval.fid import (
     ReferenceKey,
     ReferenceStats,
     extract_stats,
-    frechet_distance,
-    frechet_distance_from_features,
-    kernel_inception_distance,
+    fid_metrics,
     reference_stats,
-    small_n_warning,
 )
 from ssl_diffusion.eval.fid_config import FIDConfig
-from ssl_diffusion.eval.inception import RESIZE_ID, InceptionFeatureNet, load_inception
+from ssl_diffusion.eval.inception import InceptionFeatureNet, load_inception
 from ssl_diffusion.image_files import NpzWriter, save_grid, save_npz, save_png_folder
 
 GRID_MAX = 64  # images shown in samples.png
@@ -227,40 +224,6 @@ def reference_batches(cfg: Any, split: str, n: int | None, seed: int = REF_ORDER
 
 
 # ----------------------------------------------------------------------------- FID stage
-def fid_metrics(gen: ExtractedStats, ref: ReferenceStats, key: ReferenceKey, cfg: FIDConfig,
-                net: InceptionFeatureNet) -> dict:
-    """FID / KID / IS from combined generated statistics; the same numbers ``compute_fid`` gives
-    for the same images (tested), so sharded and single-process results agree."""
-    n_gen = gen.features.count
-    if n_gen < 2:
-        raise UserError(f"FID needs at least 2 generated images, got {n_gen}; raise --n / eval.fid.n")
-    if gen.sizes and gen.sizes != {(key.resolution, key.resolution)}:
-        raise ValueError(f"generated images have sizes {sorted(gen.sizes)} but the reference "
-                         f"statistics are for {key.resolution} px images")
-    kept = gen.features.kept_features
-    if len(kept) == n_gen and len(ref.kid_features) == ref.n and min(n_gen, ref.n) < len(ref.mu):
-        fid = frechet_distance_from_features(kept, ref.kid_features)  # small n: exact, fast
-    else:
-        fid = frechet_distance(gen.features.mean(), gen.features.cov(), ref.mu, ref.sigma)
-    m = min(cfg.kid_subset_size, len(kept), len(ref.kid_features))
-    kid_mean, kid_std = (kernel_inception_distance(kept, ref.kid_features, m, cfg.kid_subsets)
-                         if m >= 2 else (None, None))
-    is_mean = is_std = is_note = None
-    if gen.logits is not None:
-        is_mean, is_std = gen.logits.score()
-    else:
-        is_note = ("Inception Score needs classifier logits, which the loaded weights "
-                   f"({net.source.kind}) lack; pass torch-fidelity's "
-                   "weights-inception-2015-12-05-6726825d.pth as eval.fid.weights to get IS")
-    return {
-        "fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": m,
-        "is": is_mean, "is_std": is_std, "is_note": is_note, "n_gen": n_gen, "n_ref": ref.n,
-        "feature_net": net.feature_net_id, "resize": RESIZE_ID,
-        "reference": {**dataclasses.asdict(key), "cache": ref.path, "from_cache": ref.from_cache},
-        "warning": small_n_warning(n_gen, ref.n, key.n is not None),
-    }
-
-
 class FIDStage:
     """The ``eval.fid`` protocol for one config: Inception net and reference statistics are
     loaded once and reused across evaluations (in-training FID calls ``evaluate`` repeatedly).

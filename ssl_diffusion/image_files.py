@@ -8,36 +8,15 @@ Images are uint8 (N, C, H, W) with C = 1 (grey) or 3 (RGB).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-
-def _atomic(path: Path, write: Callable[[Any], None], fsync: bool = True) -> Path:
-    """Call ``write(binary file)`` on a temp file beside ``path``, then rename it into place
-    (``fsync=False`` skips the flush to disk: 50k per-seed PNGs would each wait for it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+from ssl_diffusion.atomic import AtomicFile, atomic_write
 
 
 def _pil(image: Tensor):
@@ -69,7 +48,7 @@ def save_grid(images_uint8: Tensor, path: str | Path, nrow: int | None = None,
         r, col = divmod(i, ncol)
         top, left = padding + r * (h + padding), padding + col * (w + padding)
         grid[:, top : top + h, left : left + w] = x[i]
-    return _atomic(Path(path), lambda f: _pil(grid).save(f, format="PNG"))
+    return atomic_write(path, lambda f: _pil(grid).save(f, format="PNG"))
 
 
 class NpzWriter:
@@ -83,12 +62,9 @@ class NpzWriter:
 
     def __init__(self, path: str | Path, n: int, height: int, width: int, with_labels: bool = False):
         self.path, self.n, self.count = Path(path), n, 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                        suffix=".tmp")
-        os.close(fd)
+        self.file = AtomicFile(self.path)
         self.labels: list[np.ndarray] | None = [] if with_labels else None
-        self.zip = zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.zip = zipfile.ZipFile(self.file.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
         self.entry = self.zip.open("arr_0.npy", "w", force_zip64=True)
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
                   "fortran_order": False, "shape": (n, height, width, 3)}
@@ -114,10 +90,9 @@ class NpzWriter:
                 with self.zip.open("arr_1.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.concatenate(self.labels))
             self.zip.close()
-            os.replace(self.tmp, self.path)
+            return self.file.commit()
         finally:
             self.abort()
-        return self.path
 
     def abort(self) -> None:
         """Drop the unfinished temp file (no-op after ``close``); an older file stays."""
@@ -125,8 +100,7 @@ class NpzWriter:
             if not self.entry.closed:
                 self.entry.close()
             self.zip.close()
-        if os.path.exists(self.tmp):
-            os.unlink(self.tmp)
+        self.file.abort()
 
 
 def save_npz(images: Tensor | np.ndarray, path: str | Path, labels: Tensor | None = None) -> Path:
@@ -142,8 +116,9 @@ def save_png_folder(images: Tensor, seeds: Sequence[int], directory: str | Path)
     x = _check_uint8(images)
     if len(x) != len(seeds):
         raise ValueError(f"{len(x)} images for {len(seeds)} seeds")
-    return [_atomic(Path(directory) / f"{int(s):06d}.png",
-                    lambda f, img=img: _pil(img).save(f, format="PNG"), fsync=False)
+    # no fsync: 50k per-seed PNGs would each wait for the disk
+    return [atomic_write(Path(directory) / f"{int(s):06d}.png",
+                         lambda f, img=img: _pil(img).save(f, format="PNG"), fsync=False)
             for img, s in zip(x, seeds)]
 
 

@@ -14,8 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ssl_diffusion.atomic import atomic_write_text
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.run import atomic_write_text, update_metrics
+from ssl_diffusion.run import update_metrics
 
 BASELINE = "none"  # the candidate name of the run without self-conditioning
 

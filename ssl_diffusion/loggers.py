@@ -14,6 +14,8 @@ from pathlib import Path
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from ssl_diffusion.atomic import AtomicFile
+
 
 class _KeepingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
@@ -50,9 +52,7 @@ def truncate_metrics_csv(path: str | Path, last_step: int) -> None:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         rows = [r for r in reader if r.get("step", "") == "" or int(float(r["step"])) < last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with AtomicFile(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

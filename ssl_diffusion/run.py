@@ -6,14 +6,14 @@ refused unless ``run.overwrite=true``, which moves the old directory aside rathe
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+# atomic_write_text is used here and stays importable from ssl_diffusion.run
+from ssl_diffusion.atomic import atomic_write_text
 from ssl_diffusion.config import dump_config, to_dict
 from ssl_diffusion.errors import UserError
 
@@ -25,24 +25,6 @@ MUTABLE_PREFIXES = (
     "trainer.log_every_n_steps", "trainer.ckpt_every_n_steps", "trainer.last_ckpt_every_n_steps",
     "trainer.on_nonfinite", "data.num_workers", "data.root", "data.download",
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -7,6 +7,7 @@ processes, every run directory under pytest's ``tmp_path``.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,14 @@ def subprocess_env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env.pop("SSL_DIFFUSION_DEBUG", None)
     return env
+
+
+def run_script(name: str, *argv: str, cwd: Path,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the repository's ``<name>.py`` CLI in a subprocess with ``subprocess_env()``."""
+    return subprocess.run([sys.executable, str(ROOT / f"{name}.py"), *argv], cwd=cwd,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 if str(ROOT) not in sys.path:  # tests import `ssl_diffusion` from the checkout

@@ -19,9 +19,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import shutil
-import subprocess
-import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, subprocess_env
+from tests.conftest import ROOT, TINY, run_script
 from tests.eval.helpers import copy_run, trained_checkpoint
 
 DOC = ROOT / "docs" / "troubleshooting.md"
@@ -201,18 +198,14 @@ def _image_folder(root: Path, kind: str) -> None:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> Path:
-    import torch
-
-    from tests.generation.conftest import StandInInception
+    from tests.generation.helpers import save_stand_in
 
     root = tmp_path_factory.mktemp("bad_input_assets")
     for kind in ("nonimage", "emptyclass", "unreadable", "mixedsizes"):
         _image_folder(root / kind, kind)
     (root / "broken.yaml").write_text("method: [simclr\n")
     (root / "simclr.yaml").write_text("method: simclr\ntrainer: {max_steps: 2}\n")
-    with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript as deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(StandInInception()), str(root / "stand_in.pt"))
+    save_stand_in(root / "stand_in.pt")
     return root
 
 
@@ -244,9 +237,7 @@ def _load(name: str):
 
 def _run(case: Case, argv: list[str], cwd: Path, capsys) -> tuple[int, str, str]:
     if case.subprocess:
-        proc = subprocess.run([sys.executable, str(ROOT / f"{case.cli}.py"), *argv], cwd=cwd,
-                              env=subprocess_env(), capture_output=True, text=True, timeout=300,
-                              check=False)
+        proc = run_script(case.cli, *argv, cwd=cwd)
         return proc.returncode, proc.stdout, proc.stderr
     from ssl_diffusion.cli import run_cli
 

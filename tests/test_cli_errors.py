@@ -8,8 +8,6 @@ subprocess checks the script end to end.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ssl_diffusion.checkpoint import load_checkpoint_file
-from tests.conftest import ROOT, TINY, subprocess_env
+from tests.conftest import TINY, run_script
 
 
 @pytest.fixture
@@ -41,15 +39,8 @@ def _user_error(result) -> str:
 
 
 def test_unknown_key_in_a_real_subprocess(tmp_path, recipe):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "main_pretrain.py"), *_args(recipe, tmp_path, "optim.lrr=0.1")],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_script("main_pretrain", *_args(recipe, tmp_path, "optim.lrr=0.1"), cwd=tmp_path,
+                      timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (

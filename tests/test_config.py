@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ import yaml
 
 from ssl_diffusion.config import dump_config, load_config
 from ssl_diffusion.errors import UserError
-from tests.conftest import RECIPES, ROOT, subprocess_env
+from tests.conftest import RECIPES, ROOT, run_script
 
 
 def _write(path: Path, text: str) -> Path:
@@ -56,23 +54,8 @@ def load_config_text(text: str, folder: Path):
 
 def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path):
     recipe = ROOT / "recipes" / "quickstart.yaml"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "main_pretrain.py"),
-            "--config",
-            str(recipe),
-            "--dry-run",
-            f"run.root={tmp_path / 'runs'}",
-            "optim.lr=3e-4",
-        ],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_script("main_pretrain", "--config", str(recipe), "--dry-run",
+                      f"run.root={tmp_path / 'runs'}", "optim.lr=3e-4", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     printed = yaml.safe_load(proc.stdout)
     expected = load_config(recipe, [f"run.root={tmp_path / 'runs'}", "optim.lr=3e-4"])

@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
 from ssl_diffusion.data.module import PAD_LABEL, EvalShard
-from tests.conftest import ROOT, TINY, subprocess_env
+from tests.conftest import ROOT, TINY, run_script, subprocess_env
 
 WORLD = 2
 
@@ -297,13 +297,11 @@ STEPS = 3
 
 
 def _run_ddp(root: Path, recipe: str, overrides: list[str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "main_pretrain.py"),
-           "--config", str(ROOT / "recipes" / recipe),
-           *TINY, *SMALL_EVAL, *DDP, "trainer.deterministic=true", f"trainer.max_steps={STEPS}",
-           "trainer.ckpt_every_n_steps=2", *overrides, f"run.root={root}", "run.name=r"]
     root.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(cmd, check=False, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300, cwd=root)
+    return run_script("main_pretrain", "--config", str(ROOT / "recipes" / recipe),
+                      *TINY, *SMALL_EVAL, *DDP, "trainer.deterministic=true",
+                      f"trainer.max_steps={STEPS}", "trainer.ckpt_every_n_steps=2", *overrides,
+                      f"run.root={root}", "run.name=r", cwd=root)
 
 
 def _single_process_online(ckpt: Path) -> tuple[dict, dict]:

@@ -19,18 +19,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import subprocess
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from tests.conftest import ROOT, subprocess_env
-from tests.generation.conftest import StandInInception
-from tests.generation.helpers import TINY
+from tests.conftest import ROOT, run_script
+from tests.generation.helpers import TINY, pretrain_tiny, save_stand_in
 from tests.test_ddp import DDP, WORLD, run_on_ranks
 
 N_IMAGES = 5  # odd: rank 0 generates 3 images (seeds 0, 2, 4), rank 1 two (1, 3)
@@ -38,21 +34,12 @@ N_IMAGES = 5  # odd: rank 0 generates 3 images (seeds 0, 2, 4), rank 1 two (1, 3
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("inception") / "stand_in.pt"
-    with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript as deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(StandInInception()), str(path))
-    return str(path)
+    return save_stand_in(tmp_path_factory.mktemp("inception") / "stand_in.pt")
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    from ssl_diffusion.config import load_config
-    from ssl_diffusion.engine import pretrain
-
-    root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [*TINY, f"run.root={root}", "run.name=tiny"])
-    return Path(pretrain(cfg)["run_dir"]) / "last.ckpt"
+    return pretrain_tiny(tmp_path_factory.mktemp("runs")) / "last.ckpt"
 
 
 def _fid_eval(ckpt: Path, weights: str, cache_dir: str | None, rank: int = 0,
@@ -146,14 +133,13 @@ def test_feature_cache_is_written_by_rank_zero_only(tmp_path, tiny_ckpt):
 def test_in_training_fid_under_ddp_equals_one_process(tmp_path, stand_in):
     root = tmp_path / "runs"
     root.mkdir()
-    cmd = [sys.executable, str(ROOT / "main_pretrain.py"), "--config",
-           str(ROOT / "recipes" / "quickstart_ddaepp.yaml"), *TINY, *DDP, "eval.fid.enabled=true",
-           f"eval.fid.n={N_IMAGES}", "eval.fid.ref_n=6", f"eval.fid.weights={stand_in}",
-           f"eval.fid.cache_dir={tmp_path / 'fid_cache'}", "eval.fid.batch_size=1",
-           "eval.fid.kid_subset_size=4", "eval.fid.every_n_epochs=0", "eval.fid.steps=2",
-           f"run.root={root}", "run.name=r"]
-    proc = subprocess.run(cmd, env=subprocess_env(), cwd=root, capture_output=True, text=True,
-                          timeout=400, check=False)
+    recipe, cache = ROOT / "recipes" / "quickstart_ddaepp.yaml", tmp_path / "fid_cache"
+    proc = run_script("main_pretrain", "--config", str(recipe), *TINY, *DDP,
+                      "eval.fid.enabled=true", f"eval.fid.n={N_IMAGES}", "eval.fid.ref_n=6",
+                      f"eval.fid.weights={stand_in}", f"eval.fid.cache_dir={cache}",
+                      "eval.fid.batch_size=1", "eval.fid.kid_subset_size=4",
+                      "eval.fid.every_n_epochs=0", "eval.fid.steps=2", f"run.root={root}",
+                      "run.name=r", cwd=root, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = root / "r"
     recorded = json.loads((run_dir / "metrics.json").read_text())["fid"]

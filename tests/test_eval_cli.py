@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, run_script
 from tests.eval.helpers import copy_run, trained_checkpoint
 
 CLIS = ("main_knn", "main_linear", "main_sweep", "main_retrieval")
@@ -130,19 +128,13 @@ def test_bad_inputs_are_one_line_errors(run, ckpt, tmp_path):
         assert __import__("re").search(expected, line), (argv, line)
 
 
-def _script(name: str, *argv: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / f"{name}.py"), *argv], cwd=cwd,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300,
-                          check=False)
-
-
 def test_scripts_in_real_subprocesses(ckpt, tmp_path):
     path = ckpt("simclr")
-    proc = _script("main_knn", "--ckpt", str(path), "--quiet", cwd=tmp_path)
+    proc = run_script("main_knn", "--ckpt", str(path), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("knn (k=5"), proc.stdout
     assert "knn" in json.loads((path.parent / "metrics.json").read_text())
     # Option errors are reported before torch is even imported.
-    proc = _script("main_linear", "--ckpt", str(path), "--limit", "0", cwd=tmp_path)
+    proc = run_script("main_linear", "--ckpt", str(path), "--limit", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["error: --limit 0 must be >= 1"]

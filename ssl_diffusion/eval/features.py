@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ssl_diffusion.atomic import atomic_write
 from ssl_diffusion.errors import UserError, did_you_mean
 
 SPLITS = ("train", "val", "test")
@@ -183,22 +182,7 @@ def is_rank_zero() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def atomic_save(path: Path, write: Any) -> None:
-    """Write a file through ``write(binary_file)`` into a temporary file, then rename it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; caches are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+atomic_save = atomic_write  # former name, kept for importers
 
 
 class FeatureCache:
@@ -230,10 +214,10 @@ class FeatureCache:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         feats_path, labels_path, meta_path = self._paths(stem)
-        atomic_save(feats_path, lambda f: np.save(f, fs.feats))
-        atomic_save(labels_path, lambda f: np.save(f, fs.labels))
+        atomic_write(feats_path, lambda f: np.save(f, fs.feats))
+        atomic_write(labels_path, lambda f: np.save(f, fs.labels))
         text = json.dumps({"key": key, "meta": fs.meta}, indent=1, sort_keys=True)
-        atomic_save(meta_path, lambda f: f.write(text.encode()))
+        atomic_write(meta_path, lambda f: f.write(text.encode()))
 
 
 def _key_hash(key: dict) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from ssl_diffusion.atomic import atomic_write
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.fid_config import FIDConfig
 from ssl_diffusion.eval.inception import RESIZE_ID, InceptionFeatureNet, load_inception
@@ -362,23 +362,6 @@ def _load_cached(path: str, key_json: str, want_kid: int) -> ReferenceStats | No
         return None
 
 
-def _save_atomic(path: str, **arrays: np.ndarray) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see partial files
-    and concurrent writers (DDP ranks) cannot corrupt the cache."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def reference_stats(
     ref_batches_fn: Callable[[], ImageBatches],
     key: ReferenceKey,
@@ -413,8 +396,11 @@ def reference_stats(
     stats = ReferenceStats(ext.features.mean(), ext.features.cov(), got,
                            ext.features.kept_features, path, False)
     if path:
-        _save_atomic(path, key=np.array(key_json), mu=stats.mu, sigma=stats.sigma,
-                     n=np.array(got), kid_features=stats.kid_features)
+        # atomic: readers never see partial files and concurrent writers (DDP ranks) cannot
+        # corrupt the cache
+        arrays = {"key": np.array(key_json), "mu": stats.mu, "sigma": stats.sigma,
+                  "n": np.array(got), "kid_features": stats.kid_features}
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     return stats
 
 
@@ -427,6 +413,41 @@ def small_n_warning(n_gen: int, n_ref: int, ref_truncated: bool) -> str | None:
         return None
     return (f"FID with {' and '.join(parts)} (< {STANDARD_N}) is biased upward and comparable only "
             f"with FIDs at the same n and reference set; KID is unbiased")
+
+
+def fid_metrics(gen: ExtractedStats, ref: ReferenceStats, key: ReferenceKey, cfg: FIDConfig,
+                net: InceptionFeatureNet) -> dict:
+    """FID / KID / IS of generated statistics against reference statistics, as the JSON-ready
+    dict ``compute_fid`` returns; takes combined (all-reduced) shards too, so sharded and
+    single-process results agree. ``gen.sizes`` may be empty on a rank that saw no images."""
+    n_gen = gen.features.count
+    if n_gen < 2:
+        raise UserError(f"FID needs at least 2 generated images, got {n_gen}; raise --n / eval.fid.n")
+    if gen.sizes and gen.sizes != {(key.resolution, key.resolution)}:
+        raise ValueError(f"generated images have sizes {sorted(gen.sizes)} but the reference "
+                         f"statistics are for {key.resolution} px images")
+    kept = gen.features.kept_features
+    if len(kept) == n_gen and len(ref.kid_features) == ref.n and min(n_gen, ref.n) < len(ref.mu):
+        fid = frechet_distance_from_features(kept, ref.kid_features)  # small n: exact, fast
+    else:
+        fid = frechet_distance(gen.features.mean(), gen.features.cov(), ref.mu, ref.sigma)
+    m = min(cfg.kid_subset_size, len(kept), len(ref.kid_features))
+    kid_mean, kid_std = (kernel_inception_distance(kept, ref.kid_features, m, cfg.kid_subsets)
+                         if m >= 2 else (None, None))
+    is_mean = is_std = is_note = None
+    if gen.logits is not None:
+        is_mean, is_std = gen.logits.score()
+    else:
+        is_note = ("Inception Score needs classifier logits, which the loaded weights "
+                   f"({net.source.kind}) lack; pass torch-fidelity's "
+                   "weights-inception-2015-12-05-6726825d.pth as eval.fid.weights to get IS")
+    return {
+        "fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": m,
+        "is": is_mean, "is_std": is_std, "is_note": is_note, "n_gen": n_gen, "n_ref": ref.n,
+        "feature_net": net.feature_net_id, "resize": RESIZE_ID,
+        "reference": {**asdict(key), "cache": ref.path, "from_cache": ref.from_cache},
+        "warning": small_n_warning(n_gen, ref.n, key.n is not None),
+    }
 
 
 def compute_fid(
@@ -448,40 +469,6 @@ def compute_fid(
                           batch_size=cfg.batch_size, kid_max_n=cfg.kid_max_n)
     gen = extract_stats(gen_batches, net, limit=cfg.n, batch_size=cfg.batch_size,
                         kid_max_n=cfg.kid_max_n, is_splits=cfg.is_splits)
-    n_gen = gen.features.count
-    if n_gen < 2:
-        raise ValueError(f"FID needs at least 2 generated images, got {n_gen}")
-    if gen.sizes != {(ref_key.resolution, ref_key.resolution)}:
-        raise ValueError(f"generated images have sizes {sorted(gen.sizes)} but the reference "
-                         f"statistics are for {ref_key.resolution} px images")
-    gen_kept = gen.features.kept_features
-    if len(gen_kept) == n_gen and len(ref.kid_features) == ref.n and min(n_gen, ref.n) < len(ref.mu):
-        fid = frechet_distance_from_features(gen_kept, ref.kid_features)  # small n: all rows kept
-    else:
-        fid = frechet_distance(gen.features.mean(), gen.features.cov(), ref.mu, ref.sigma)
-    m = min(cfg.kid_subset_size, len(gen_kept), len(ref.kid_features))
-    kid_mean, kid_std = (kernel_inception_distance(gen_kept, ref.kid_features, m, cfg.kid_subsets)
-                         if m >= 2 else (None, None))
-    is_mean = is_std = None
-    is_note = None
-    if gen.logits is not None:
-        is_mean, is_std = gen.logits.score()
-    else:
-        is_note = ("Inception Score needs classifier logits, which the loaded weights "
-                   f"({net.source.kind}) lack; pass torch-fidelity's "
-                   "weights-inception-2015-12-05-6726825d.pth as eval.fid.weights to get IS")
-    return {
-        "fid": fid,
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        "kid_subset_size": m,
-        "is": is_mean,
-        "is_std": is_std,
-        "is_note": is_note,
-        "n_gen": n_gen,
-        "n_ref": ref.n,
-        "feature_net": net.feature_net_id,
-        "resize": RESIZE_ID,
-        "reference": {**asdict(ref_key), "cache": ref.path, "from_cache": ref.from_cache},
-        "warning": small_n_warning(n_gen, ref.n, ref_key.n is not None),
-    }
+    if gen.features.count < 2:  # a library call's error (fid_metrics' UserError names CLI flags)
+        raise ValueError(f"FID needs at least 2 generated images, got {gen.features.count}")
+    return fid_metrics(gen, ref, ref_key, cfg, net)

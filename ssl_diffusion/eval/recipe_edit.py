@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from ssl_diffusion.atomic import atomic_write_text
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.run import atomic_write_text
 
 
 def _flow(value: dict) -> str:

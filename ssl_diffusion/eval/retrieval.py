@@ -12,7 +12,6 @@ The figure (``retrieval.png``) shows the query and its neighbours with class and
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ssl_diffusion.atomic import AtomicFile, atomic_write
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.features import (
     SPLITS,
     FeatureExtractor,
-    atomic_save,
     describe_spec,
     encode,
     is_diffusion,
@@ -97,9 +96,8 @@ def gallery_index(extractor: FeatureExtractor, gallery: str, spec: Any) -> tuple
                 pass  # stale or partial file: rebuild
     index = FaissIndex.build(feats.feats, index="flat", normalize=True)
     if path is not None and is_rank_zero():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        index.save(tmp)
-        os.replace(tmp, path)  # atomic: readers never see a partial index
+        with AtomicFile(path) as tmp:  # readers never see a partial index
+            index.save(tmp)
     return index, feats
 
 
@@ -185,7 +183,7 @@ def run_retrieval(ckpt: Any, query: str | int | Path, overrides: Sequence[str] =
     if is_rank_zero():
         out.parent.mkdir(parents=True, exist_ok=True)
         png = retrieval_figure(image, q_title, images, titles)
-        atomic_save(out, lambda f: f.write(png))
+        atomic_write(out, lambda f: f.write(png))
     return {"query": {"source": source, "label": None if label is None else int(label),
                       "class_name": None if label is None else _class_name(info, int(label))},
             "neighbors": neighbors, "gallery": gallery, "gallery_size": len(index),

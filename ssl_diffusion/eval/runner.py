@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssl_diffusion.atomic import atomic_write, atomic_write_text
 from ssl_diffusion.errors import UserError, did_you_mean
 from ssl_diffusion.eval.features import (
     FeatureExtractor,
     FeatureSet,
     FeatureSpec,
-    atomic_save,
     checked_sigma,
     describe_spec,
     is_diffusion,
@@ -73,8 +73,6 @@ def store(run_dir: Path, key: str, entry: dict) -> None:
     Replaced rather than merged, so numbers of an earlier protocol (other k, other cells) never
     linger beside the new ones.
     """
-    from ssl_diffusion.run import atomic_write_text
-
     if not is_rank_zero():
         return
     current = read_metrics(run_dir)
@@ -266,7 +264,6 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         ``sweep.png`` into the run directory and ``metrics.json["sweep"]``.
     """
     from ssl_diffusion.eval import sweep as sw
-    from ssl_diffusion.run import atomic_write_text
 
     start = time.time()
     sw.check_metric(metric)
@@ -366,7 +363,7 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         title = (f"{cfg.method} step {protocol['checkpoint']['step']}: chosen "
                  f"{chosen['layer']} @ {chosen['noise']:g} ({unit}) by val {select_by}")
         png = sw.plot_grid(rows, layers, noises, unit, chosen, title)
-        atomic_save(run_dir / "sweep.png", lambda f: f.write(png))
+        atomic_write(run_dir / "sweep.png", lambda f: f.write(png))
     entry["wall_time_s"] = round(time.time() - start, 2)
     if write_metrics:
         store(run_dir, "sweep", entry)

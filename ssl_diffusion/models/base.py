@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ssl_diffusion.models.selfcond import SelfCondOutput
 
 
 @dataclass
@@ -21,6 +25,13 @@ class DenoiserOutput:
     feats: dict[str, Tensor] = field(default_factory=dict)  # layer name -> pooled (N, D_layer)
     selfcond: Tensor | None = None  # pooled source-layer vector z (N, D) before the SC MLP
     selfcond_signal: Tensor | None = None  # s = g(t) * MLP(z) (N, D_cond) added to the condition
+
+    @classmethod
+    def from_blocks(cls, feats: dict[str, Tensor], sc: SelfCondOutput | None) -> DenoiserOutput:
+        """What the blocks produced; ``pred`` is set by the output head, or stays None when the
+        pass stopped early."""
+        return cls(pred=None, feats=feats, selfcond=None if sc is None else sc.z,
+                   selfcond_signal=None if sc is None else sc.s)
 
 
 class Denoiser(nn.Module):

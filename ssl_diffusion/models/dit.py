@@ -198,12 +198,7 @@ class DiT(Denoiser):
                 feats[self.layer_names[i]] = h.mean(dim=1)  # (N, D)
             if i == self.sc_source:
                 sc = self.selfcond(h, t_emb)
-        out = DenoiserOutput(
-            pred=None,
-            feats=feats,
-            selfcond=None if sc is None else sc.z,
-            selfcond_signal=None if sc is None else sc.s,
-        )
+        out = DenoiserOutput.from_blocks(feats, sc)
         if last < len(self.blocks) - 1:
             return out
         if sc is not None and self.sc_first_target == len(self.blocks):

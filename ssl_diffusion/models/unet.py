@@ -283,12 +283,7 @@ class UNet(Denoiser):
                 feats[name] = h.mean(dim=(2, 3))  # (N, C')
             if i == self.sc_source:
                 sc = self.selfcond(h.flatten(2).transpose(1, 2), t_emb)  # pool over H*W
-        out = DenoiserOutput(
-            pred=None,
-            feats=feats,
-            selfcond=None if sc is None else sc.z,
-            selfcond_signal=None if sc is None else sc.s,
-        )
+        out = DenoiserOutput.from_blocks(feats, sc)
         if last == len(self.layers) - 1:
             out.pred = self.out_conv(F.silu(self.out_norm(h)))  # (N, C_in, H, W)
         return out

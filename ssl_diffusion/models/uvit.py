@@ -193,12 +193,7 @@ class UViT(Denoiser):
                 feats[self.layer_names[i]] = h[:, e : e + length].mean(dim=1)  # (N, D)
             if i == self.sc_source:
                 sc = self.selfcond(h[:, e : e + length], t_emb, cls_token=h[:, 0])
-        out = DenoiserOutput(
-            pred=None,
-            feats=feats,
-            selfcond=None if sc is None else sc.z,
-            selfcond_signal=None if sc is None else sc.s,
-        )
+        out = DenoiserOutput.from_blocks(feats, sc)
         if last == len(self.blocks) - 1:
             y = self.out_linear(self.out_norm(h[:, e : e + length]))  # (N, L, p*p*C)
             y = unpatchify(y, self.in_channels, self.patch_size, self.grid)  # (N, C, H, W)

@@ -8,47 +8,22 @@ in milliseconds; the real network is exercised in tests/eval.
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from tests.generation.helpers import TINY
-
-
-class StandInInception(nn.Module):
-    """Fixed random projection of 8x8-pooled pixels to 2048 features (not a metric of quality)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.proj = nn.Parameter(torch.randn(3 * 64, 2048, generator=g) / 8, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.adaptive_avg_pool2d(x, 8).flatten(1)  # (N, 192)
-        return torch.tanh(pooled @ self.proj)  # (N, 2048)
+from tests.generation.helpers import pretrain_tiny, save_stand_in
 
 
 @pytest.fixture(scope="session")
 def stand_in_weights(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("inception") / "stand_in.pt"
-    with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript as deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(StandInInception()), str(path))
-    return str(path)
+    return save_stand_in(tmp_path_factory.mktemp("inception") / "stand_in.pt")
 
 
 @pytest.fixture(scope="session")
 def tiny_run_session(tmp_path_factory) -> Path:
-    from ssl_diffusion.config import load_config
-    from ssl_diffusion.engine import pretrain
-
-    root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [*TINY, f"run.root={root}", "run.name=tiny"])
-    return Path(pretrain(cfg)["run_dir"])
+    return pretrain_tiny(tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture
