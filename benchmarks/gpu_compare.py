@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = [REPO / "recipes/fmnist/ddae_dit.yaml", REPO / "recipes/fmnist/ddaepp_dit.yaml"]
 TINY = ["data.name=fake", "data.image_size=16", "data.fake_channels=1", "data.fake_size=64",
         "data.batch_size=8", "data.num_workers=0", "model.preset=DiT-tiny", "model.patch_size=4",
-        "eval.bank_size=32", "eval.knn.k=[5]", "eval.knn.report_k=5", "eval.linear.epochs=2"]
+        "eval.bank_size=32", "eval.knn.k=[5]", "eval.knn.report_k=5", "eval.linear.epochs=2",
+        "eval.linear.warmup_epochs=0", "eval.features.layer=block3", "selfcond.source_layer=block1"]
 
 
 def probe_images_per_s(recipe: Path, overrides: list[str], steps: int) -> float:
@@ -84,6 +85,10 @@ def main() -> None:
     for recipe, row in result["aggregate"].items():
         ips = row.get("images_per_s", {}).get("mean")
         print(f"  {Path(recipe).stem}: train images/s {ips:.1f}" if ips else f"  {Path(recipe).stem}: -")
+    failed = [run for run in result["runs"] if run.get("status") == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(result['runs'])} runs failed; see {opts.out}/comparison.md", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,8 @@ def _collect(record: RunRecord) -> RunRecord:
                    train_wall_time_s=wall, images_per_s=(pre.get("images_seen") or 0) / wall if wall else None)
     knn, linear, sweep, fid = m.get("knn", {}), m.get("linear", {}), m.get("sweep", {}), m.get("fid", {})
     out["knn_top1"] = _get(knn, "test", "knn_top1")
-    out["linear_top1"] = _get(linear, "test_top1") or _get(linear, "test", "top1")
+    top1 = _get(linear, "test_top1")  # 0.0 is a result, not a missing value
+    out["linear_top1"] = top1 if top1 is not None else _get(linear, "test", "top1")
     chosen = sweep.get("chosen") or {}
     if chosen:
         out["sweep_cell"] = f"{chosen.get('layer')}@{chosen.get('noise')}"
@@ -251,7 +252,7 @@ def aggregate(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
 
 
 def _fmt(cell: Any, key: str) -> str:
-    if not cell:
+    if cell is None or cell == []:
         return "–"
     if isinstance(cell, list):
         return ", ".join(cell)

@@ -75,3 +75,29 @@ def test_recipe_spec_with_seeds():
     assert parse_recipe_spec("a.yaml@0,2", [0, 1, 2]) == ("a.yaml", [0, 2])
     with pytest.raises(UserError, match="RECIPE@SEED"):
         parse_recipe_spec("a.yaml@x", [0])
+
+
+def test_a_zero_accuracy_is_reported_not_dropped(tmp_path):
+    from ssl_diffusion.compare import _collect
+
+    run = tmp_path / "r-s0"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"linear": {"test_top1": 0.0, "val_top1": 10.0},
+                                                  "knn": {"test": {"knn_top1": 0.0}}}))
+    record = _collect(RunRecord("r.yaml", 0, str(run), "ddae"))
+    assert record.metrics["linear_top1"] == 0.0 and record.metrics["knn_top1"] == 0.0
+    assert aggregate([record])["r.yaml"]["linear_top1"] == {"mean": 0.0, "std": None, "n": 1}
+
+
+@pytest.mark.slow
+def test_gpu_compare_script_runs_end_to_end_on_cpu(tmp_path):
+    """benchmarks/gpu_compare.py --tiny: the GPU replication script's whole path (fake data)."""
+    from tests.conftest import run_script
+
+    out = tmp_path / "gpu"
+    proc = run_script("benchmarks/gpu_compare", "--tiny", "--out", str(out), cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "comparison.json").read_text())
+    assert len(report["runs"]) == 4 and all(r["status"] == "ok" for r in report["runs"])
+    assert all(r["metrics"]["images_per_s"] > 0 for r in report["runs"])
+    assert "train images/s" in proc.stdout
