@@ -19,16 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_diffusion.config import load_config  # noqa: E402
-from ssl_diffusion.data.datasets import build_splits  # noqa: E402
-from ssl_diffusion.data.transforms import eval_transform  # noqa: E402
-from ssl_diffusion.engine import load_method, pretrain  # noqa: E402
-from ssl_diffusion.eval.online import online_knn  # noqa: E402
+from ssl_diffusion.config import load_config
+from ssl_diffusion.data.datasets import build_splits
+from ssl_diffusion.data.transforms import eval_transform
+from ssl_diffusion.engine import load_method, pretrain
+from ssl_diffusion.eval.online import online_knn
 
 DATA = ["data.name=fashion_mnist", f"data.root={Path(__file__).resolve().parents[2] / 'shared/data'}",
         "data.batch_size=128", "data.num_workers=0", "data.val_fraction=0.1"]

@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_diffusion.compare import CompareOptions, compare  # noqa: E402
-from ssl_diffusion.config import load_config  # noqa: E402
+from ssl_diffusion.compare import CompareOptions, compare
+from ssl_diffusion.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = [REPO / "recipes/fmnist/ddae_dit.yaml", REPO / "recipes/fmnist/ddaepp_dit.yaml"]

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_diffusion.config import load_config  # noqa: E402
-from ssl_diffusion.data.datasets import DataInfo  # noqa: E402
-from ssl_diffusion.registry import METHODS  # noqa: E402
+from ssl_diffusion.config import load_config
+from ssl_diffusion.data.datasets import DataInfo
+from ssl_diffusion.registry import METHODS
 
 
 def build(method: str, args: argparse.Namespace):

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from ssl_diffusion.atomic import atomic_write, atomic_write_text
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.signals import RunInterrupted
 
 GENERATIVE = ("ddae", "ddaepp")  # methods with a sampler (FID) and a (layer, noise) sweep
 
@@ -76,6 +77,8 @@ def _stage(record: RunRecord, name: str, fn: Callable[[], Any]) -> bool:
     try:
         fn()
         return True
+    except RunInterrupted:
+        raise  # Ctrl-C / SIGTERM stops the whole comparison (the run resumes on the next call)
     except Exception as exc:  # noqa: BLE001 - a failing run must not stop the comparison
         record.status, record.failed_stage = "failed", name
         record.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

@@ -101,3 +101,18 @@ def test_gpu_compare_script_runs_end_to_end_on_cpu(tmp_path):
     assert len(report["runs"]) == 4 and all(r["status"] == "ok" for r in report["runs"])
     assert all(r["metrics"]["images_per_s"] > 0 for r in report["runs"])
     assert "train images/s" in proc.stdout
+
+
+def test_an_interrupt_stops_the_comparison_instead_of_moving_on(tmp_path):
+    from ssl_diffusion.compare import _stage
+    from ssl_diffusion.signals import RunInterrupted
+
+    def interrupted():
+        raise RunInterrupted("interrupted at step 3; run the same command again to resume", 15)
+
+    record = RunRecord("r.yaml", 0, str(tmp_path / "r-s0"), "ddae")
+    with pytest.raises(RunInterrupted):
+        _stage(record, "train", interrupted)
+    assert record.status == "pending"
+    assert not _stage(record, "knn", lambda: 1 / 0) and record.status == "failed"
+    assert record.failed_stage == "knn" and "ZeroDivisionError" in record.error
