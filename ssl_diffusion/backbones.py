@@ -137,8 +137,8 @@ def build_backbone(cfg: Any, info: Any) -> nn.Module:
     return net
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 __all__ = ["build_backbone", "ViT", "VIT_PRESETS", "count_parameters"]

@@ -220,7 +220,7 @@ REPORT_METRICS = [
     ("train_wall_time_s", "train wall time (s)"),
     ("images_per_s", "train images/s"),
     ("images_seen", "images seen"),
-    ("params", "parameters"),
+    ("params", "trainable parameters"),
 ]
 
 

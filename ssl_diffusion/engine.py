@@ -213,8 +213,9 @@ def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
         "steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "images_seen": int(trainer.global_step) * cfg.data.batch_size * world,
-        "params": count_parameters(method) - (count_parameters(method.online_linear)
-                                               if method.online_linear is not None else 0),
+        # trainable parameters: not the EMA / momentum-teacher copies, not the online probe
+        "params": count_parameters(method, trainable_only=True) - (
+            count_parameters(method.online_linear, trainable_only=True) if method.online_linear is not None else 0),
         "train_wall_time_s": round(train_time, 2),
         "online": online,
         "online_protocol": method.online_protocol(),

@@ -27,6 +27,11 @@ def test_pretraining_writes_the_run_directory(trained_run, method):
     pretrain = json.loads((run_dir / "metrics.json").read_text())["pretrain"]
     assert pretrain["method"] == method and pretrain["dataset"] == "fake"
     assert pretrain["steps"] == 3 and pretrain["images_seen"] == 3 * 8
+    # trainable parameters only: DINO's teacher and the online probe are not counted
+    loaded = load_method(run_dir / "last.ckpt").method
+    trainable = sum(p.numel() for n, p in loaded.named_parameters()
+                    if p.requires_grad and not n.startswith("online_linear"))
+    assert pretrain["params"] == trainable < sum(p.numel() for p in loaded.parameters())
     assert set(pretrain["online"]) == {"knn_top1", "knn_top5", "linear_top1", "linear_top5"}
     assert all(0.0 <= v <= 100.0 for v in pretrain["online"].values())  # percent
     assert pretrain["online_protocol"]["split"] == "val"
