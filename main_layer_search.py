@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     if not layers:
         raise UserError("--layers is empty; give layer names such as block1,block3")
-    from ssl_diffusion.engine import build_method
     from ssl_diffusion.data.datasets import build_splits
+    from ssl_diffusion.engine import build_method
 
     probe = build_method(cfg, build_splits(cfg.data).info)  # validates names before any run
     for name in layers:

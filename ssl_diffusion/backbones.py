@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from ssl_diffusion.registry import BACKBONES
 
 VIT_PRESETS = {
-    "vit_tiny": dict(width=192, depth=12, heads=3),  # DeiT-Ti (Touvron et al. 2021)
-    "vit_small": dict(width=384, depth=12, heads=6),  # DeiT-S
-    "vit_micro": dict(width=64, depth=2, heads=2),  # tests / CPU smoke runs
+    "vit_tiny": {"width": 192, "depth": 12, "heads": 3},  # DeiT-Ti (Touvron et al. 2021)
+    "vit_small": {"width": 384, "depth": 12, "heads": 6},  # DeiT-S
+    "vit_micro": {"width": 64, "depth": 2, "heads": 2},  # tests / CPU smoke runs
 }
 
 
@@ -141,4 +141,4 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["build_backbone", "ViT", "VIT_PRESETS", "count_parameters"]
+__all__ = ["VIT_PRESETS", "ViT", "build_backbone", "count_parameters"]

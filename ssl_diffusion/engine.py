@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssl_diffusion.checkpoint import META_KEY, AtomicCheckpoint, check_compatible, load_checkpoint_file
+from ssl_diffusion.checkpoint import (
+    META_KEY,
+    AtomicCheckpoint,
+    check_compatible,
+    load_checkpoint_file,
+)
 from ssl_diffusion.config import build
 from ssl_diffusion.data.datasets import DataInfo, Splits, build_splits
 from ssl_diffusion.data.module import SSLDataModule
@@ -268,4 +273,4 @@ def load_method(path: str | Path, overrides: list[str] = ()) -> LoadedMethod:
     return LoadedMethod(method, cfg, info, ckpt, path)
 
 
-__all__ = ["pretrain", "load_method", "build_method", "build_datamodule", "LoadedMethod", "UserError"]
+__all__ = ["LoadedMethod", "UserError", "build_datamodule", "build_method", "load_method", "pretrain"]

@@ -394,7 +394,20 @@ def run_fid_from_checkpoint(ckpt: str | Path, *, n: int, ref_n: int | None = Non
 
 
 __all__ = [
-    "FIDStage", "run_fid_from_checkpoint", "NpzWriter", "class_labels_for", "fid_metrics", "format_seeds", "generate_uint8",
-    "parse_seeds", "reference_batches", "run_fid", "sampler_config", "sampler_nfe", "save_grid",
-    "save_npz", "save_png_folder", "to_uint8",
+    "FIDStage",
+    "NpzWriter",
+    "class_labels_for",
+    "fid_metrics",
+    "format_seeds",
+    "generate_uint8",
+    "parse_seeds",
+    "reference_batches",
+    "run_fid",
+    "run_fid_from_checkpoint",
+    "sampler_config",
+    "sampler_nfe",
+    "save_grid",
+    "save_npz",
+    "save_png_folder",
+    "to_uint8",
 ]

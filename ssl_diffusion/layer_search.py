@@ -27,7 +27,7 @@ def tail_loss(metrics_csv: Path, key: str = "train/loss_diffusion", tail: float 
         values = [float(r[key]) for r in csv.DictReader(f) if r.get(key) not in (None, "")]
     if not values:
         raise UserError(f"{metrics_csv} has no `{key}` values; train longer than log_every_n_steps")
-    n = max(1, int(round(len(values) * tail)))
+    n = max(1, round(len(values) * tail))
     return sum(values[-n:]) / n
 
 

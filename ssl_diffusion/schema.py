@@ -10,7 +10,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ssl_diffusion.diffusion.config import AugmentConfig, DiffusionConfig, SamplerConfig
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.eval.config import KNNConfig, LinearConfig
+from ssl_diffusion.eval.fid_config import FIDConfig
 from ssl_diffusion.host_config import (
     AugConfig,
     BackboneConfig,
@@ -23,9 +26,6 @@ from ssl_diffusion.host_config import (
     RunConfig,
     TrainerConfig,
 )
-from ssl_diffusion.eval.config import KNNConfig, LinearConfig
-from ssl_diffusion.eval.fid_config import FIDConfig
-from ssl_diffusion.diffusion.config import AugmentConfig, DiffusionConfig, SamplerConfig
 from ssl_diffusion.methods.config import ContrastiveConfig, DDAEConfig, DINOConfig, SimCLRConfig
 from ssl_diffusion.models.config import ModelConfig, SelfCondConfig
 

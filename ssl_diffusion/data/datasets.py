@@ -146,7 +146,7 @@ def digits(cfg: Any):
     )  # (1797, size, size)
     labels = raw.target
     order = np.random.default_rng(0).permutation(len(images))
-    n_test = int(round(len(images) * DIGITS_TEST_FRACTION))
+    n_test = round(len(images) * DIGITS_TEST_FRACTION)
     test_idx, train_idx = order[:n_test], order[n_test:]
     scaled = images.astype(np.float64) / 255.0
     info = DataInfo("digits", 10, 1, size, [float(scaled.mean())], [float(scaled.std())],
@@ -192,7 +192,7 @@ def build_splits(cfg: Any) -> Splits:
     if n == 0:
         raise UserError(f"dataset `{cfg.name}` has no training images")
     order = np.random.default_rng(cfg.split_seed).permutation(n)
-    n_val = int(round(n * cfg.val_fraction))
+    n_val = round(n * cfg.val_fraction)
     if cfg.val_fraction > 0 and n_val == 0:
         n_val = 1
     if n - n_val < 1:

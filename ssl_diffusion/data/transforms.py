@@ -8,7 +8,8 @@ method), ``eval`` (no augmentation). The normalisation is chosen by the method: 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from torchvision import transforms as T
 
@@ -41,7 +42,7 @@ def local_crop_size(aug: Any, size: int) -> int:
     """DINO local crops keep the 96/224 ratio of the paper unless told otherwise."""
     if aug.local_crop_size is not None:
         return aug.local_crop_size
-    return max(8, int(round(size * 3 / 7)))
+    return max(8, round(size * 3 / 7))
 
 
 class SingleView:

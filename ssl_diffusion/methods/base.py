@@ -196,7 +196,7 @@ class SSLMethod(pl.LightningModule):
             self.skipped_steps += 1
             self._step_skipped = True
             self.log("train/skipped_steps", float(self.skipped_steps))
-            return None
+            return
         raise NonFiniteLossError(
             f"non-finite loss at step {self.global_step} ({terms}); the last good checkpoint is "
             f"kept — lower optim.lr, set optim.grad_clip, or trainer.on_nonfinite=skip"

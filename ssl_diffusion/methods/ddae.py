@@ -33,7 +33,11 @@ from ssl_diffusion.diffusion.noise import sigma_from_logsnr
 from ssl_diffusion.diffusion.rng import per_sample_randn, seed_generators, seeded_randn
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.methods.base import SSLMethod
-from ssl_diffusion.methods.contrastive import moco_v3_predictor, moco_v3_projector, symmetric_infonce
+from ssl_diffusion.methods.contrastive import (
+    moco_v3_predictor,
+    moco_v3_projector,
+    symmetric_infonce,
+)
 from ssl_diffusion.methods.ema import clone_frozen
 from ssl_diffusion.models import build_denoiser
 from ssl_diffusion.registry import METHODS
@@ -227,7 +231,6 @@ class DDAE(SSLMethod):
         if self.teacher_net is not None:
             _momentum_update(self.net, self.teacher_net, m)
         _momentum_update(self.projector, self.teacher_projector, m)
-        n = x.shape[0]
         views, aug = self.view_pipe(torch.cat([x, x]))  # (2N, C, H, W), (2N, 9)
         labels2 = None if class_labels is None else torch.cat([class_labels, class_labels])
         taps = (self.contrastive_layer,) if c.shared_pass else ()

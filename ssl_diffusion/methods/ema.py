@@ -43,7 +43,7 @@ class EMA(nn.Module):
             b_ema.copy_(b_src)
         self.num_updates += 1
 
-    def train(self, mode: bool = True) -> "EMA":
+    def train(self, mode: bool = True) -> EMA:
         super().train(mode)
         self.module.eval()  # the average is only ever used for inference
         return self

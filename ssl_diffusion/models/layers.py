@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 # Objectives give O(1) noise labels (DDPM t/T, EDM ln(sigma)/4, flow t). The sinusoid's
 # fastest frequency is 1 rad per unit, so an O(1) label would barely move most channels; scaling
 # by 1000 puts it in the [0, 1000] range the DiT/DDPM embeddings were designed for.
