@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -160,6 +161,21 @@ def _resume_step(cfg: Any, method: Any, run_dir: Path) -> int | None:
 
 def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
     """Train ``cfg.method`` on ``cfg.data``; resume from ``last.ckpt`` when present."""
+    try:
+        return _pretrain(cfg, recipe)
+    finally:
+        _finish_wandb()
+
+
+def _finish_wandb() -> None:
+    """Close this run's wandb run, so the next pretrain() in the same process (main_compare,
+    main_layer_search) starts its own instead of logging into this one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def _pretrain(cfg: Any, recipe: str | Path | None) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from ssl_diffusion.backbones import count_parameters

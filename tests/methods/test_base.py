@@ -218,3 +218,25 @@ def test_online_knn_matches_brute_force_on_noisy_data():
     assert online_knn(bank, bank_y, query, query_y, num_classes=5)["knn_top1"] == pytest.approx(
         100 * expected
     )
+
+
+def test_each_pretrain_in_one_process_gets_its_own_wandb_run(tiny_cfg, monkeypatch):
+    """main_compare / main_layer_search train several runs in one process: each must log to its
+    own wandb run (not the first one's), and none may be left open afterwards."""
+    import wandb
+
+    from ssl_diffusion.engine import pretrain
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ids = []
+    for name in ("first", "second"):
+        cfg = tiny_cfg("method=simclr", "trainer.max_steps=1", "logger.wandb.enabled=true",
+                       "logger.wandb.mode=offline", "eval.online_knn=false", "eval.online_linear=false",
+                       f"run.name={name}")
+        run_dir = Path(pretrain(cfg)["run_dir"])
+        assert wandb.run is None
+        run_id = (run_dir / "wandb_id.txt").read_text().strip()
+        assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id}")), name
+        ids.append(run_id)
+    assert ids[0] != ids[1]
