@@ -116,3 +116,24 @@ def test_an_interrupt_stops_the_comparison_instead_of_moving_on(tmp_path):
     assert record.status == "pending"
     assert not _stage(record, "knn", lambda: 1 / 0) and record.status == "failed"
     assert record.failed_stage == "knn" and "ZeroDivisionError" in record.error
+
+
+def test_plot_draws_non_generative_methods_as_lines(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from ssl_diffusion.compare import write_plot
+
+    calls = {"scatter": [], "axhline": []}
+    for name in calls:
+        original = getattr(matplotlib.axes.Axes, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name].append(args)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.axes.Axes, name, spy)
+    records = [RunRecord("ddae.yaml", 0, "/x/ddae-s0", "ddae", "ok", metrics={"sweep_linear_top1": 80.0, "fid": 200.0}),
+               RunRecord("simclr.yaml", 0, "/x/simclr-s0", "simclr", "ok", metrics={"linear_top1": 75.0})]
+    write_plot(tmp_path / "c.png", records)
+    assert calls["scatter"] == [(200.0, 80.0)] and calls["axhline"] == [(75.0,)]
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
