@@ -218,6 +218,7 @@ REPORT_METRICS = [
     ("sweep_knn_top1", "kNN top-1 @ val-chosen cell (test, %)"),
     ("sweep_linear_top1", "linear top-1 @ val-chosen cell (test, %)"),
     ("fid", "FID"),
+    ("kid", "KID"),
     ("train_wall_time_s", "train wall time (s)"),
     ("images_per_s", "train images/s"),
     ("images_seen", "images seen"),
@@ -260,7 +261,7 @@ def _fmt(cell: Any, key: str) -> str:
         return "–"
     if isinstance(cell, list):
         return ", ".join(cell)
-    digits = 0 if key in ("images_seen", "params", "train_wall_time_s") else (1 if key == "images_per_s" else 2)
+    digits = {"images_seen": 0, "params": 0, "train_wall_time_s": 0, "images_per_s": 1, "kid": 4}.get(key, 2)
     mean = f"{cell['mean']:,.{digits}f}"
     return mean if cell["std"] is None else f"{mean} ± {cell['std']:,.{digits}f}"
 

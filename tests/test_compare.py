@@ -32,12 +32,12 @@ def test_compare_two_quickstart_recipes_end_to_end(tmp_path, capsys):
     assert set(runs) == {"quickstart-s0", "quickstart_ddaepp-s0"}
     assert all(r["status"] == "ok" for r in runs.values()), runs
     diff = runs["quickstart_ddaepp-s0"]["metrics"]
-    for key in ("knn_top1", "linear_top1", "sweep_knn_top1", "sweep_linear_top1", "fid", "images_per_s"):
+    for key in ("knn_top1", "linear_top1", "sweep_knn_top1", "sweep_linear_top1", "fid", "kid", "images_per_s"):
         assert key in diff, key
     assert "fid" not in runs["quickstart-s0"]["metrics"]  # SimCLR cannot generate
     assert 0 <= report["raw_pixels"]["knn_top1"] <= 100
     md = (out / "comparison.md").read_text()
-    assert "raw pixels" in md and "quickstart_ddaepp" in md and "ddaepp" in md
+    assert "raw pixels" in md and "quickstart_ddaepp" in md and "ddaepp" in md and "| KID |" in md
     assert (out / "comparison.png").stat().st_size > 1000
     # a second invocation trains and evaluates nothing again
     mtime = (out / "quickstart-s0" / "last.ckpt").stat().st_mtime_ns
