@@ -22,36 +22,24 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fmnist_recipe_search import BANK, to_tensor  # the search's gallery size and loader
+
 from ssl_diffusion.data.datasets import build_splits
 from ssl_diffusion.data.transforms import eval_transform
 from ssl_diffusion.engine import load_method
 from ssl_diffusion.eval.online import online_knn
 
-BANK = 10_000
 
-
-def to_tensor(dataset, transform, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(dataset) if n is None else min(n, len(dataset))
-    xs, ys = zip(*(dataset[i] for i in range(n)))
-    return torch.stack([transform(x) for x in xs]), torch.tensor(ys)
-
-
-@torch.no_grad()
 def token_features(method, x: torch.Tensor, layer: str, sigma: float, bs: int = 500) -> torch.Tensor:
-    """(N, T, D) tokens of ``layer`` at noise level ``sigma``, with the protocol's seeded noise."""
-    from ssl_diffusion.diffusion.rng import seeded_randn
-    from ssl_diffusion.methods.ddae import content_seeds
-
-    net = method.feature_net().eval()
-    index = net.layer_names.index(layer)
+    """(N, T, D) tokens of ``layer`` at noise level ``sigma``: the method's own feature extractor
+    (EMA weights, per-image seeded noise), with the block's unpooled output caught by a hook."""
+    net = method.feature_net()
     grabbed: list[torch.Tensor] = []
-    hook = net.blocks[index].register_forward_hook(lambda _m, _i, out: grabbed.append(out.float()))
+    block = net.blocks[net.layer_names.index(layer)]
+    hook = block.register_forward_hook(lambda _m, _i, out: grabbed.append(out.float()))
     try:
         for i in range(0, len(x), bs):
-            xb = x[i : i + bs]
-            noise = seeded_randn(content_seeds(xb, method.cfg.eval.features.seed), xb.shape[1:])
-            x_in, c_noise = method.objective.noisy_input(xb, sigma, noise)
-            net(x_in, c_noise, taps=(layer,), stop_after=layer)
+            method.extract_features_multi(x[i : i + bs], [layer], sigma)
     finally:
         hook.remove()
     return torch.cat(grabbed)  # (N, T, D)

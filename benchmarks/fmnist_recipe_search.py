@@ -64,22 +64,11 @@ def to_tensor(dataset, transform, n: int | None = None) -> tuple[torch.Tensor, t
     return torch.stack([transform(x) for x in xs]), torch.tensor(ys)
 
 
-@torch.no_grad()
 def multi_tap_features(method, x: torch.Tensor, layers: list[str], sigma: float, bs: int = 500):
-    from ssl_diffusion.diffusion.rng import seeded_randn
-    from ssl_diffusion.methods.ddae import content_seeds
-
-    net = method.feature_net()
-    net.eval()
-    out = {layer: [] for layer in layers}
-    for i in range(0, len(x), bs):
-        xb = x[i : i + bs]
-        noise = seeded_randn(content_seeds(xb, method.cfg.eval.features.seed), xb.shape[1:])
-        x_in, c_noise = method.objective.noisy_input(xb, sigma, noise)
-        feats = net(x_in, c_noise, taps=tuple(layers), stop_after=layers[-1]).feats
-        for layer in layers:
-            out[layer].append(feats[layer].float())
-    return {layer: torch.cat(v) for layer, v in out.items()}
+    """{layer: (N, D)} pooled features of every layer at ``sigma``, in batches of ``bs`` (the
+    method's own extractor: EMA weights, per-image seeded noise)."""
+    parts = [method.extract_features_multi(x[i : i + bs], layers, sigma) for i in range(0, len(x), bs)]
+    return {layer: torch.cat([part[layer] for part in parts]) for layer in layers}
 
 
 def main() -> None:
