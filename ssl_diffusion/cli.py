@@ -75,7 +75,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    except BaseException as exc:
+    except BaseException as exc:  # the one place that turns errors into one line
         if debug:
             raise
         user = _find_user_error(exc)
