@@ -112,6 +112,10 @@ class _SoloClock:
     def world_size(self) -> int:
         return int(self._trainer.world_size)
 
+    @property
+    def global_rank(self) -> int:  # per-(seed, rank, step) noise streams of the diffusion loss
+        return int(self._trainer.global_rank)
+
 
 class SoloDiffusionMethod(BaseMethod):
     """A solo-learn method whose backbone is a diffusion SSL method of this project."""
@@ -142,6 +146,7 @@ class SoloDiffusionMethod(BaseMethod):
             kw.input_mean, kw.input_std = mean, std
             kw.config = omegaconf_select(cfg, "backbone.kwargs.config", {})
             kw.config.trainer = {"max_epochs": int(cfg.max_epochs)}
+            kw.config.seed = omegaconf_select(cfg, "backbone.kwargs.config.seed", int(cfg.seed))
         mk = cfg.method_kwargs
         mk.views = omegaconf_select(cfg, "method_kwargs.views", "first")
         if mk.views not in VIEWS:
