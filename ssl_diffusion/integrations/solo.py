@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_diffusion.checkpoint import META_KEY
+from ssl_diffusion.config import to_dict
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.integrations.solo_backbone import (
     PLUGIN_METHODS,
@@ -195,9 +196,12 @@ class SoloDiffusionMethod(BaseMethod):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.backbone.method.on_save_checkpoint(checkpoint)  # this project's metadata
+        # the full resolved config, not only the keys the solo config set: a later change of
+        # this project's defaults must not change the architecture main_linear.py rebuilds
+        kwargs = {**self.backbone.spec.to_kwargs(), "config": to_dict(self.backbone.cfg)}
         checkpoint[META_KEY][SOLO_META] = {
             "backbone": self.backbone.spec.method,
-            "backbone_kwargs": self.backbone.spec.to_kwargs(),
+            "backbone_kwargs": kwargs,
             "solo_method": str(self.cfg.method),
             "method_kwargs": {"views": self.views},
         }
