@@ -33,7 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_diffusion.checkpoint import META_KEY, load_checkpoint_file
+from ssl_diffusion.config import build, check_mapping, set_dotted
+from ssl_diffusion.data.datasets import DataInfo
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.registry import METHODS
+from ssl_diffusion.schema import root_schema, validate_config
 
 PLUGIN_METHODS = ("ddae", "ddaepp")  # names registered into solo-learn (methods and backbones)
 SOLO_META = "solo"  # entry of the checkpoint's ssl_diffusion metadata written by the plugin
@@ -83,8 +88,6 @@ def backbone_spec(name: str, kwargs: dict[str, Any]) -> BackboneSpec:
 
 
 def spec_from_checkpoint(path: str | Path) -> BackboneSpec:
-    from ssl_diffusion.checkpoint import META_KEY, load_checkpoint_file
-
     meta = load_checkpoint_file(path)[META_KEY]
     solo = meta.get(SOLO_META)
     if not isinstance(solo, dict) or "backbone_kwargs" not in solo:
@@ -99,9 +102,6 @@ def build_method_config(spec: BackboneSpec) -> Any:
     solo-learn runs the online kNN / linear head and the optimiser, so the method's own online
     evaluators are off; its trainer section only records the length (solo's ``max_epochs``).
     """
-    from ssl_diffusion.config import build, check_mapping, set_dotted
-    from ssl_diffusion.schema import root_schema, validate_config
-
     schema = root_schema()
     data = check_mapping(copy.deepcopy(spec.config), schema, "backbone.kwargs.config")
     if data.get("method", spec.method) != spec.method:
@@ -135,9 +135,6 @@ class DiffusionBackbone(nn.Module):
     """solo-normalised images (N, 3, H, W) -> pooled diffusion features (N, num_features)."""
 
     def __init__(self, spec: BackboneSpec) -> None:
-        from ssl_diffusion.data.datasets import DataInfo
-        from ssl_diffusion.registry import METHODS
-
         super().__init__()
         self.spec = spec
         self.cfg = build_method_config(spec)

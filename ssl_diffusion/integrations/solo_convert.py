@@ -24,8 +24,12 @@ import torch
 
 from ssl_diffusion.atomic import atomic_write
 from ssl_diffusion.checkpoint import META_KEY, load_checkpoint_file
+from ssl_diffusion.cli import run_cli
+from ssl_diffusion.config import build, check_mapping, parse_override, set_dotted, to_dict
+from ssl_diffusion.engine import load_method
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.integrations.solo_backbone import SOLO_META
+from ssl_diffusion.schema import root_schema, validate_config
 
 METHOD_PREFIX = "backbone.method."  # where the plugin keeps the method inside solo's module
 
@@ -40,9 +44,6 @@ class ConvertedCheckpoint:
 
 
 def _config_with(config: dict, overrides: Sequence[str], source: str) -> dict:
-    from ssl_diffusion.config import build, check_mapping, parse_override, set_dotted, to_dict
-    from ssl_diffusion.schema import root_schema, validate_config
-
     schema = root_schema()
     data = check_mapping(config, schema, f"the config stored in {source}")
     for text in overrides:
@@ -56,8 +57,6 @@ def _config_with(config: dict, overrides: Sequence[str], source: str) -> dict:
 def convert_solo_checkpoint(src: str | Path, dst: str | Path,
                             overrides: Sequence[str] = ()) -> ConvertedCheckpoint:
     """Write ``dst`` in this project's format from the solo-learn checkpoint ``src``."""
-    from ssl_diffusion.engine import load_method
-
     src, dst = Path(src), Path(dst)
     ckpt = load_checkpoint_file(src)
     meta = dict(ckpt[META_KEY])
@@ -96,6 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ssl_diffusion.cli import run_cli
-
     run_cli(main)
