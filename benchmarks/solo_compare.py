@@ -76,11 +76,11 @@ def simclr_backbone(ckpt: Path) -> nn.Module:
 def evaluate(data: Path, ddaepp: Path, simclr: Path, out: Path | None, seed: int) -> dict:
     from torchvision import transforms as T
 
+    from ssl_diffusion.app.encoder import load_encoder
+    from ssl_diffusion.app.evaluate import knn_on_features, linear_on_features
     from ssl_diffusion.config import load_config
     from ssl_diffusion.data.datasets import build_splits
-    from ssl_diffusion.encoder import load_encoder
     from ssl_diffusion.eval.features import FeatureSet
-    from ssl_diffusion.eval.runner import knn_on_features, linear_on_features
     from ssl_diffusion.integrations.solo_convert import convert_solo_checkpoint
 
     torch.manual_seed(seed)

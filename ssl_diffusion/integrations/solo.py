@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssl_diffusion.checkpoint import META_KEY
 from ssl_diffusion.config import to_dict
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.integrations.solo_backbone import (
@@ -47,6 +46,7 @@ from ssl_diffusion.integrations.solo_backbone import (
     DiffusionBackbone,
     backbone_spec,
 )
+from ssl_diffusion.methods.base import META_KEY
 
 try:  # optional extra: solo-learn (from its repository) and what it imports
     from hydra.experimental.callback import Callback
@@ -174,7 +174,9 @@ class SoloDiffusionMethod(BaseMethod):
                  for x in crops[: self.num_large_crops]]  # each (N, C, S, S) in [-1, 1]
         x = views[0] if self.views == "first" else torch.cat(views)  # (N or 2N, C, S, S)
         labels = targets if self.views == "first" else targets.repeat(len(views))
-        out = self.backbone.method.training_loss([x], labels)
+        method = self.backbone.method
+        method.update_teachers()  # momentum teachers first, as the project's host does
+        out = method.training_loss([x], labels)
         feats = self.backbone.features(views[0])  # (N, D), no grad: the eval features
         logits = self.classifier(feats)  # (N, num_classes)
         class_loss = F.cross_entropy(logits, targets, ignore_index=-1)

@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_diffusion.checkpoint import META_KEY, load_checkpoint_file
-from ssl_diffusion.config import build, check_mapping, set_dotted
+from ssl_diffusion.app.checkpoint import load_checkpoint_file
+from ssl_diffusion.config import Config, config_from_dict, set_dotted
 from ssl_diffusion.data.datasets import DataInfo
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.methods.base import META_KEY
 from ssl_diffusion.registry import METHODS
-from ssl_diffusion.schema import root_schema, validate_config
 
 PLUGIN_METHODS = ("ddae", "ddaepp")  # names registered into solo-learn (methods and backbones)
 SOLO_META = "solo"  # entry of the checkpoint's ssl_diffusion metadata written by the plugin
@@ -96,14 +96,13 @@ def spec_from_checkpoint(path: str | Path) -> BackboneSpec:
     return BackboneSpec(method=solo["backbone"], **solo["backbone_kwargs"])
 
 
-def build_method_config(spec: BackboneSpec) -> Any:
+def build_method_config(spec: BackboneSpec) -> Config:
     """This project's validated config of the method inside the backbone.
 
     solo-learn runs the online kNN / linear head and the optimiser, so the method's own online
     evaluators are off; its trainer section only records the length (solo's ``max_epochs``).
     """
-    schema = root_schema()
-    data = check_mapping(copy.deepcopy(spec.config), schema, "backbone.kwargs.config")
+    data = copy.deepcopy(spec.config)
     if data.get("method", spec.method) != spec.method:
         raise UserError(f"backbone.kwargs.config.method={data['method']} contradicts backbone "
                         f"`{spec.method}`; drop it (the backbone name chooses the method)")
@@ -114,9 +113,7 @@ def build_method_config(spec: BackboneSpec) -> Any:
     if trainer.get("max_steps") is None and trainer.get("max_epochs") is None:
         trainer["max_epochs"] = 1  # unused inside solo; the adapter records solo's max_epochs
     data.setdefault("data", {}).setdefault("image_size", spec.image_size)
-    cfg = build(schema, data)
-    validate_config(cfg)
-    return cfg
+    return config_from_dict(data, source="backbone.kwargs.config")
 
 
 def _refuse_partial_load(module: nn.Module, incompatible: Any) -> None:
@@ -142,7 +139,7 @@ class DiffusionBackbone(nn.Module):
                              [0.5] * spec.channels, [0.5] * spec.channels, list(spec.class_names))
         method = METHODS.get(spec.method)(self.cfg, self.info)
         method.validate_config()
-        if method.normalization != "symmetric":
+        if not method.generative:  # the contract: features are a (layer, noise) grid
             raise UserError(f"method `{spec.method}` is not a diffusion method")
         self.method = method
         self.num_features = int(method.feature_dim)  # solo reads this for its heads

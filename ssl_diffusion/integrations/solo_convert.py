@@ -22,14 +22,14 @@ from typing import Any
 
 import torch
 
+from ssl_diffusion.app.checkpoint import load_checkpoint_file
+from ssl_diffusion.app.cli import run_cli
+from ssl_diffusion.app.loading import load_method
 from ssl_diffusion.atomic import atomic_write
-from ssl_diffusion.checkpoint import META_KEY, load_checkpoint_file
-from ssl_diffusion.cli import run_cli
-from ssl_diffusion.config import build, check_mapping, parse_override, set_dotted, to_dict
-from ssl_diffusion.engine import load_method
+from ssl_diffusion.config import config_from_dict, to_dict
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.integrations.solo_backbone import SOLO_META
-from ssl_diffusion.schema import root_schema, validate_config
+from ssl_diffusion.methods.base import META_KEY
 
 METHOD_PREFIX = "backbone.method."  # where the plugin keeps the method inside solo's module
 
@@ -44,14 +44,7 @@ class ConvertedCheckpoint:
 
 
 def _config_with(config: dict, overrides: Sequence[str], source: str) -> dict:
-    schema = root_schema()
-    data = check_mapping(config, schema, f"the config stored in {source}")
-    for text in overrides:
-        key, value = parse_override(text, schema)
-        set_dotted(data, key, value)
-    cfg = build(schema, data)
-    validate_config(cfg)
-    return to_dict(cfg)
+    return to_dict(config_from_dict(config, overrides, source=f"the config stored in {source}"))
 
 
 def convert_solo_checkpoint(src: str | Path, dst: str | Path,

@@ -60,8 +60,8 @@ def test_backbone_kwargs_are_checked():
 
 
 def test_converter_refuses_checkpoints_not_written_by_the_plugin(tmp_path):
-    from ssl_diffusion.checkpoint import META_KEY
     from ssl_diffusion.integrations.solo_convert import convert_solo_checkpoint
+    from ssl_diffusion.methods.base import META_KEY
 
     path = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, META_KEY: {"method": "ddaepp", "config": {}}}, path)

@@ -57,3 +57,39 @@ def test_linear_configs_rebuild_from_the_checkpoint(name, tmp_path):
         if name.endswith("custom") else []
     cfg = parse_cfg(_compose(name, ["pretrained_feature_extractor=/x/y.ckpt", *extra]))
     assert cfg.backbone.name == "ddaepp" and cfg.backbone.kwargs.checkpoint == "/x/y.ckpt"
+
+
+def test_adapter_step_moves_the_teachers_on_solos_step_counter(tmp_path):
+    """One training step of the adapter: the momentum teacher follows the student with the
+    momentum of solo's step (half cosine, recomputed here) before the loss, as the host does."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+    from solo.args.pretrain import parse_cfg
+    from solo.methods import METHODS
+
+    from ssl_diffusion.integrations.solo import register
+
+    register()
+    cfg = parse_cfg(_compose("ddaepp_custom", [
+        *TINY, f"dataset_root={make_png_folder(tmp_path, train_per_class=1, val_per_class=1)}",
+        ("++backbone.kwargs.config.contrastive={weight: 0.5, proj_hidden_dim: 16, "
+         "proj_output_dim: 8, pred_hidden_dim: 16, momentum_start: 0.9}")]))
+    model = METHODS[cfg.method](cfg)
+    method = model.backbone.method
+    step, total = 30, 101
+    method._trainer = SimpleNamespace(global_step=step, estimated_stepping_batches=total,
+                                      world_size=1, global_rank=0)  # what on_fit_start attaches
+    torch.manual_seed(0)
+    with torch.no_grad():  # a student that differs from its teacher
+        for p in method.projector.parameters():
+            p.add_(torch.randn_like(p))
+    student = [p.detach().clone() for p in method.projector.parameters()]
+    teacher = [p.detach().clone() for p in method.teacher_projector.parameters()]
+    crops = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    loss = model.training_step([torch.arange(4), crops, torch.tensor([0, 1, 2, 3])], 0)
+    assert torch.isfinite(loss)
+    m = 1.0 - (1.0 - 0.9) * (math.cos(math.pi * step / (total - 1)) + 1) / 2
+    for t0, s0, t1 in zip(teacher, student, method.teacher_projector.parameters()):
+        torch.testing.assert_close(t1.detach(), m * t0 + (1 - m) * s0)

@@ -62,7 +62,8 @@ def pretrained(tmp_path_factory) -> dict:
 
 
 def test_main_pretrain_trains_ddaepp_with_online_knn(pretrained):
-    from ssl_diffusion.checkpoint import META_KEY, load_checkpoint_file
+    from ssl_diffusion.app.checkpoint import load_checkpoint_file
+    from ssl_diffusion.methods.base import META_KEY
 
     rows = _metrics(pretrained["logs"])
     knn = [float(r["val_knn_acc1"]) for r in rows if r.get("val_knn_acc1")]
@@ -117,7 +118,7 @@ def test_main_linear_probes_with_every_backbone_tensor(pretrained):
 
 
 def test_converted_checkpoint_samples_and_matches_solo_features(pretrained, tmp_path):
-    from ssl_diffusion.encoder import load_encoder
+    from ssl_diffusion.app.encoder import load_encoder
     from ssl_diffusion.integrations.solo import backbone_factory
     from ssl_diffusion.integrations.solo_convert import convert_solo_checkpoint
 
