@@ -8,6 +8,8 @@
   ``sqrtm`` and no eps-offset retries are needed; rank-deficient (small-n) covariances work.
   ``frechet_distance_from_features`` gives the same value from raw features in O(n^3) for n < D:
   ``compute_fid`` uses it automatically in the small-data CPU regime (a few hundred to 2k images).
+* ``FrechetResampler``: FID of many row resamples of one feature set against fixed reference
+  statistics (bootstrap intervals, ``paired.py``), one small eigendecomposition per resample.
 * KID (Binkowski et al. 2018): unbiased MMD^2, cubic polynomial kernel, averaged over subsets.
 * IS (Salimans et al. 2016): only when the network has classifier logits (torch-fidelity weights).
 * Reference statistics of a dataset split are cached as .npz keyed by (dataset, split, resolution,
@@ -205,10 +207,15 @@ def _psd_eigvals_clean(ev: np.ndarray) -> np.ndarray:
     return np.where(ev > len(ev) * np.finfo(np.float64).eps * top, ev, 0.0)
 
 
+def psd_sqrt(cov: np.ndarray) -> np.ndarray:
+    """Symmetric PSD square root of a covariance via eigh (rounding-noise eigenvalues set to 0)."""
+    w, v = scipy.linalg.eigh(cov, driver="evd")  # evd: the fastest LAPACK driver at D=2048
+    return (v * np.sqrt(_psd_eigvals_clean(w))) @ v.T  # (D, D)
+
+
 def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
     """tr sqrt(cov1 cov2) for PSD matrices via symmetric eigh (stable when rank-deficient)."""
-    w, v = scipy.linalg.eigh(cov1, driver="evd")  # evd: the fastest LAPACK driver at D=2048
-    sqrt1 = (v * np.sqrt(_psd_eigvals_clean(w))) @ v.T  # sqrt(cov1), symmetric PSD
+    sqrt1 = psd_sqrt(cov1)
     m = sqrt1 @ cov2 @ sqrt1  # same eigenvalues as cov1 @ cov2
     ev = scipy.linalg.eigh((m + m.T) / 2, eigvals_only=True, driver="evd")
     return float(np.sqrt(_psd_eigvals_clean(ev)).sum())
@@ -244,6 +251,39 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     diff = mu1 - mu2
     fid = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2)
     return float(max(fid, 0.0))  # tiny negative values are rounding of an exact 0
+
+
+class FrechetResampler:
+    """FID of row resamples of one generated feature set against fixed reference statistics.
+
+    For bootstrap intervals (``eval/paired.py``): sqrt(C_ref) = S is taken once, the features are
+    projected once (Y = F S), and a resample's tr sqrt(C_gen C_ref) = tr sqrt(S C_gen S) comes
+    from the eigenvalues of the centred projected rows' Gram matrix (n x n, or D x D when n > D),
+    the same identity ``frechet_distance_from_features`` uses; no D x D eigh per resample.
+    ``sqrt_ref`` lets several resamplers share one ``psd_sqrt(ref_cov)``.
+    """
+
+    def __init__(self, feats: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray,
+                 sqrt_ref: np.ndarray | None = None) -> None:
+        self.feats = np.asarray(feats, np.float64)  # (N, D)
+        self.ref_mu = np.asarray(ref_mu, np.float64)  # (D,)
+        if self.feats.ndim != 2 or self.feats.shape[1] != len(self.ref_mu) or len(self.feats) < 2:
+            raise ValueError(f"need (N >= 2, {len(self.ref_mu)}) features, got {self.feats.shape}")
+        self.ref_trace = float(np.trace(ref_cov))
+        sqrt_ref = psd_sqrt(np.asarray(ref_cov, np.float64)) if sqrt_ref is None else sqrt_ref
+        self.projected = self.feats @ sqrt_ref  # (N, D): rows of F S
+
+    def __call__(self, rows: np.ndarray | None = None) -> float:
+        """FID of ``feats[rows]`` (repeats allowed; None = all rows), ddof=1 covariance."""
+        f = self.feats if rows is None else self.feats[rows]  # (n, D)
+        y = self.projected if rows is None else self.projected[rows]  # (n, D)
+        n, d = f.shape
+        a, yc = f - f.mean(0), y - y.mean(0)  # centred (n, D): yc = a S
+        gram = yc @ yc.T if n <= d else yc.T @ yc  # PSD; non-zero eigenvalues of (n-1) S C S
+        ev = _psd_eigvals_clean(np.linalg.eigvalsh(gram)) / (n - 1)
+        diff = f.mean(0) - self.ref_mu
+        fid = diff @ diff + (a**2).sum() / (n - 1) + self.ref_trace - 2 * np.sqrt(ev).sum()
+        return float(max(fid, 0.0))
 
 
 def kernel_inception_distance(
