@@ -54,6 +54,10 @@ class ContrastiveConfig:
     student_sigma: float = 0.06  # distillation noise level (VE sigma) of the student views [UNK]
     teacher_sigma: float | None = None  # teacher views' noise level; None = student_sigma [INF]
     teacher: Literal["momentum", "ema"] = "momentum"  # own momentum copy, or the sampling EMA
+    # BatchNorm of the teacher (projector; any BN in the net): batch statistics as MoCo v3's
+    # momentum encoder (train-mode BN, still no gradients) | running = statistics copied from
+    # the student (eval mode; the behaviour before issue 12)
+    teacher_bn: Literal["batch", "running"] = "batch"
     momentum_start: float = 0.99  # teacher momentum, cosine-scheduled to momentum_end (MoCo v3)
     momentum_end: float = 1.0
     proj_hidden_dim: int = 2048  # projector MLP width (MoCo v3: 4096; scaled down) [INF]
