@@ -101,6 +101,18 @@ def test_frechet_resampler_matches_frechet_distance() -> None:
         fidm.frechet_distance(all_f.mean(0), np.cov(all_f, rowvar=False), mu, cov), rel=1e-9)
 
 
+def test_kid_resampler_matches_kernel_inception_distance() -> None:
+    rng = np.random.default_rng(7)
+    gen, ref = rng.normal(size=(50, 6)), rng.normal(0.2, 1.0, size=(80, 6))
+    res = fidm.KIDResampler(gen, ref, subset_size=20, subsets=4, seed=9)
+    assert res() == pytest.approx(fidm.kernel_inception_distance(gen, ref, 20, 4, seed=9), rel=1e-10)
+    rows = rng.integers(0, 50, 50)  # with repeats
+    assert res(rows) == pytest.approx(fidm.kernel_inception_distance(gen[rows], ref, 20, 4, seed=9),
+                                      rel=1e-10)
+    with pytest.raises(ValueError, match="50 rows"):
+        res(rows[:10])
+
+
 def _arms(rng: np.random.Generator, n: int, d: int = 8) -> tuple[np.ndarray, np.ndarray, fidm.ReferenceStats]:
     ref_f = rng.normal(size=(2000, d))
     ref = fidm.ReferenceStats(ref_f.mean(0), np.cov(ref_f, rowvar=False), len(ref_f), ref_f[:500])
@@ -144,6 +156,16 @@ def test_bootstrap_resampling_is_seeded_and_paired_check() -> None:
         diffs.append(fidm.frechet_distance(b.mean(0), np.cov(b, rowvar=False), ref.mu, ref.sigma)
                      - fidm.frechet_distance(a.mean(0), np.cov(a, rowvar=False), ref.mu, ref.sigma))
     assert (r1.fid.ci_low, r1.fid.ci_high) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])), rel=1e-8)
+    r_kid = bootstrap_generation_difference(fa, fb, ref, resamples=6, seed=5, kid_subset_size=20,
+                                            kid_subsets=2)
+    g = np.random.default_rng(5)
+    kid_diffs = []
+    for _ in range(6):
+        rows = g.integers(0, 50, 50)
+        kid_diffs.append(fidm.kernel_inception_distance(fb[rows], ref.kid_features, 20, 2, seed=5)[0]
+                         - fidm.kernel_inception_distance(fa[rows], ref.kid_features, 20, 2, seed=5)[0])
+    assert (r_kid.kid.ci_low, r_kid.kid.ci_high) == pytest.approx(
+        tuple(np.quantile(kid_diffs, [0.025, 0.975])), rel=1e-8)
     with pytest.raises(ValueError, match="paired=False"):
         bootstrap_generation_difference(fa, fb[:40], ref, resamples=5)
     unpaired = bootstrap_generation_difference(fa, fb[:40], ref, resamples=5, paired=False, kid=False)
