@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssl_diffusion.config import load_config
-from ssl_diffusion.data.datasets import DataInfo
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.registry import METHODS
 
 # The four presets of the issue 12 overhead requirement: (arch, preset).
