@@ -43,9 +43,11 @@ def make_png_folder(root: Path, classes: int = 5, train_per_class: int = 8, val_
     return root
 
 
-def run_solo(script: str, config: str, cwd: Path, *overrides: str, timeout: int = 300) -> str:
+def run_solo(script: str, config: str, cwd: Path, *overrides: str, timeout: int = 1200) -> str:
     """Run solo-learn's ``script`` (main_pretrain.py / main_linear.py) with a config of
-    configs/solo on CPU in ``cwd``; returns its output, fails with it on a non-zero exit."""
+    configs/solo on CPU in ``cwd``; returns its output, fails with it on a non-zero exit.
+    The timeout only catches a hang: each run needs ~10 s of CPU, but minutes of wall time on a
+    heavily shared machine."""
     snapshot = solo_snapshot()
     assert snapshot is not None
     cmd = [sys.executable, str(snapshot / script), "--config-path", str(CONFIGS),
