@@ -27,6 +27,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -439,6 +440,12 @@ def reference_cache_path(key: ReferenceKey, feature_net_id: str, cache_dir: str)
 def _key_json(key: ReferenceKey, feature_net_id: str) -> str:
     return json.dumps({**asdict(key), "feature_net": feature_net_id, "resize": RESIZE_ID},
                       sort_keys=True)
+
+
+def load_reference_stats(path: str | Path) -> ReferenceStats:
+    """Reference statistics from a cache file written by ``reference_stats`` (no key check)."""
+    with np.load(path) as z:
+        return ReferenceStats(z["mu"], z["sigma"], int(z["n"]), z["kid_features"], str(path), True)
 
 
 def _load_cached(path: str, key_json: str, want_kid: int) -> ReferenceStats | None:
