@@ -22,6 +22,7 @@ from ssl_diffusion.data.module import SSLDataModule
 from ssl_diffusion.data.transforms import eval_transform, train_transform
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.loggers import truncate_metrics_csv
+from ssl_diffusion.optional import require
 from ssl_diffusion.registry import METHODS
 from ssl_diffusion.run import prepare_run_dir, run_name, update_metrics
 from ssl_diffusion.signals import GracefulInterrupt, RunInterrupted
@@ -83,6 +84,8 @@ def _loggers(cfg: Any, run_dir: Path, name: str, rank_zero: bool = True) -> list
     if w.enabled and w.mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger
 
+        # wandb is optional (absent on an air-gapped node): say so before Lightning's own error
+        require("wandb", "logger.wandb.enabled=true (set logger.wandb.enabled=false to skip)")
         id_file = run_dir / "wandb_id.txt"
         if rank_zero and not id_file.exists():
             import uuid

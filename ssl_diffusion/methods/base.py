@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ssl_diffusion.data.module import PAD_LABEL
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.methods.ema import EMA
+from ssl_diffusion.optional import require
 
 
 class NonFiniteLossError(UserError):
@@ -309,9 +310,9 @@ class SSLMethod(pl.LightningModule):
         elif o.name == "sgd":
             opt = torch.optim.SGD(groups, lr=lr, momentum=o.momentum)
         else:
-            from lightly.utils.lars import LARS
-
-            opt = LARS(groups, lr=lr, momentum=o.momentum)
+            # lightly is optional: only optim.name=lars uses it
+            lars = require("lightly.utils.lars", "optim.name=lars").LARS
+            opt = lars(groups, lr=lr, momentum=o.momentum)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_cosine(step, total, o.warmup_steps, o.min_lr_ratio, o.schedule)

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from ssl_diffusion.diffusion import build_objective
@@ -34,12 +33,14 @@ from ssl_diffusion.diffusion.rng import per_sample_randn, seed_generators, seede
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.methods.base import SSLMethod
 from ssl_diffusion.methods.contrastive import (
+    NEEDED_FOR,
     moco_v3_predictor,
     moco_v3_projector,
     symmetric_infonce,
 )
 from ssl_diffusion.methods.ema import clone_frozen
 from ssl_diffusion.models import build_denoiser
+from ssl_diffusion.optional import require
 from ssl_diffusion.registry import METHODS
 
 
@@ -227,6 +228,8 @@ class DDAE(SSLMethod):
     def _contrastive_step(self, x: Tensor, class_labels: Tensor | None) -> dict[str, Tensor]:
         c = self.cfg.contrastive
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
+        # lightly is optional: only contrastive self-distillation (not ddae) uses its schedule
+        cosine_schedule = require("lightly.utils.scheduler", NEEDED_FOR).cosine_schedule
         m = cosine_schedule(self.global_step, total, c.momentum_start, c.momentum_end)
         if self.teacher_net is not None:
             _momentum_update(self.net, self.teacher_net, m)

@@ -13,21 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightly.loss import DINOLoss
-from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import update_momentum
-from lightly.utils.scheduler import cosine_schedule
-from torch import Tensor
+from torch import Tensor, nn
 
 from ssl_diffusion.backbones import build_backbone
 from ssl_diffusion.methods.base import SSLMethod
 from ssl_diffusion.methods.ema import clone_frozen
+from ssl_diffusion.optional import require
 from ssl_diffusion.registry import METHODS
 
 
-def _head(cfg: Any, input_dim: int) -> DINOProjectionHead:
-    return DINOProjectionHead(input_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim,
-                              norm_last_layer=cfg.norm_last_layer)
+def _lightly(module: str) -> Any:
+    # lightly is optional: registering this method must not need it (ddae runs without it)
+    return require(f"lightly.{module}", "method dino")
+
+
+def _head(cfg: Any, input_dim: int) -> nn.Module:
+    head = _lightly("models.modules").DINOProjectionHead
+    return head(input_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim,
+                norm_last_layer=cfg.norm_last_layer)
 
 
 @METHODS.register("dino")
@@ -47,7 +50,7 @@ class DINO(SSLMethod):
         self.teacher_head.load_state_dict(self.head.state_dict())
         for p in self.teacher_head.parameters():
             p.requires_grad_(False)
-        self.criterion = DINOLoss(
+        self.criterion = _lightly("loss").DINOLoss(
             output_dim=d.output_dim,
             warmup_teacher_temp=d.warmup_teacher_temp,
             teacher_temp=d.teacher_temp,
@@ -67,7 +70,8 @@ class DINO(SSLMethod):
     def _momentum(self) -> float:
         d = self.cfg.dino
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
-        return cosine_schedule(self.global_step, total, d.momentum_start, d.momentum_end)
+        schedule = _lightly("utils.scheduler").cosine_schedule
+        return schedule(self.global_step, total, d.momentum_start, d.momentum_end)
 
     def _teacher_temp(self) -> float:
         d = self.cfg.dino
@@ -78,6 +82,7 @@ class DINO(SSLMethod):
 
     def training_loss(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         m = self._momentum()
+        update_momentum = _lightly("models.utils").update_momentum
         update_momentum(self.backbone, self.teacher_backbone, m)
         update_momentum(self.head, self.teacher_head, m)
         global_views = views[:2]
