@@ -114,8 +114,8 @@ def _sizes(extractor: FeatureExtractor, limit: int | None) -> dict[str, int]:
 
 
 def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_classes: int,
-                    knn_cfg: Any) -> dict:
-    """kNN with ``train`` as the bank.
+                    knn_cfg: Any, device: torch.device | str | None = None) -> dict:
+    """kNN with ``train`` as the bank (the torch backend searches on ``device``; None = CPU).
 
     Returns ``<split>_top1`` / ``<split>_top5`` (at ``report_k``) and, per split, the
     evaluator's full output ``<split>: {"knn_top1", "knn_top5", "knn_top1@k<k>", ...}``.
@@ -125,8 +125,9 @@ def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_class
     evaluator = KNNEvaluator(knn_cfg)
     out: dict[str, Any] = {}
     protocol: dict[str, Any] = {}
+    bank = torch.as_tensor(train.feats).to(device or "cpu")
     for split, fs in queries.items():
-        res = evaluator.evaluate(train.feats, train.labels, fs.feats, fs.labels, num_classes)
+        res = evaluator.evaluate(bank, train.labels, fs.feats, fs.labels, num_classes)
         protocol = res.pop("protocol")
         out[f"{split}_top1"], out[f"{split}_top5"] = res["knn_top1"], res["knn_top5"]
         out[split] = res
@@ -178,7 +179,7 @@ def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[s
     evals = {s: ex.extract(s, spec, limit=limit) for s in splits}
     n_cls = loaded.info.num_classes
     if kind == "knn":
-        result = knn_on_features(train, evals, n_cls, cfg.eval.knn)
+        result = knn_on_features(train, evals, n_cls, cfg.eval.knn, ex.device)
         protocol = {"bank": "train", "bank_size": len(train), **result.pop("protocol")}
     else:
         result = linear_on_features(train, evals, n_cls, cfg.eval.linear, ex.device)
@@ -308,7 +309,8 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         for name in layers:
             for m in sw.metrics_of(metric):
                 if m == "knn":
-                    res = knn_on_features(train[name], {"val": val[name]}, n_cls, cfg.eval.knn)
+                    res = knn_on_features(train[name], {"val": val[name]}, n_cls, cfg.eval.knn,
+                                          ex.device)
                 else:
                     res = linear_on_features(train[name], {"val": val[name]}, n_cls, linear_cfg,
                                              ex.device)
@@ -325,7 +327,7 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         out = {}
         for m in sw.metrics_of(metric):
             if m == "knn":
-                res = knn_on_features(train, {"test": test}, n_cls, cfg.eval.knn)
+                res = knn_on_features(train, {"test": test}, n_cls, cfg.eval.knn, ex.device)
             else:
                 res = linear_on_features(train, {"test": test}, n_cls, linear_cfg, ex.device)
             out[m] = {"test_top1": res["test_top1"], "test_top5": res["test_top5"]}
