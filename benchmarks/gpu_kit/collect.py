@@ -146,6 +146,17 @@ def _num(x: float | None, digits: int) -> str:
     return "–" if x is None else f"{x:+.{digits}f}"
 
 
+def raw_pixel_lines(raw: dict | None) -> list[str]:
+    if raw is None:
+        return []
+    if "error" in raw:
+        return [f"Raw-pixel baseline failed: {raw['error']}", ""]
+    knn, linear = raw.get("knn_top1"), raw.get("linear_top1")
+    return [(f"Raw pixels ([-1, 1], flattened) under the same protocol: kNN top-1 "
+            f"{'–' if knn is None else f'{knn:.2f}'}%, linear top-1 "
+            f"{'–' if linear is None else f'{linear:.2f}'}% (test)."), ""]
+
+
 def node_section(metrics: dict, env: dict, paired: list[PairedDifference]) -> list[str]:
     label = dict(PAIRED_METRICS)
     lines = ["## Paired differences (ddaepp − ddae, same seed)", "",
@@ -215,10 +226,11 @@ def collect(opts: CollectOptions) -> dict:
     agg = aggregate(records)
     paired = paired_table(records)
     md = opts.report / "comparison.md"
-    write_markdown(md, agg, records, copts, env, raw)
+    write_markdown(md, agg, records, copts, env, None)  # raw pixels: own line (other columns)
     text = md.read_text().replace("# Comparison\n", "# Comparison (GPU node run, evaluated on the "
                                   "CPU)\n", 1)
-    atomic_write_text(md, text + "\n" + "\n".join(node_section(metrics, env, paired)))
+    atomic_write_text(md, text + "\n" + "\n".join([*raw_pixel_lines(raw),
+                                                   *node_section(metrics, env, paired)]))
     write_plot(opts.report / "comparison.png", records)
     result = {"command": opts.command, "node_command": metrics.get("command"), "environment": env,
               "collect_environment": environment(), "aggregate": agg, "raw_pixels": raw,
