@@ -72,6 +72,7 @@ class NodeOptions:
     sweep_noises: list[float] = field(default_factory=lambda: [0.05, 0.15])
     peak_tflops: float | None = None  # dense bf16 peak for MFU; None = from the GPU's name
     command: str = ""
+    started: float | None = None  # time.monotonic() at process start (the budget counts from it)
 
 
 class Tee:
@@ -286,7 +287,7 @@ def _watchdog(report: NodeReport, opts: NodeOptions) -> threading.Timer:
 
 
 def run_node(opts: NodeOptions) -> int:
-    start = time.monotonic()
+    start = opts.started if opts.started is not None else time.monotonic()
     opts.out.mkdir(parents=True, exist_ok=True)
     report = NodeReport(opts.out, start)
     log = open(opts.out / LOG_FILE, "w")  # noqa: SIM115 - open for the whole run, closed below
