@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,7 @@ def test_optional_packages_fail_with_one_line_errors_where_used(tmp_path):
     script = tmp_path / "probe_optional.py"
     script.write_text("""
 import sys
+import time
 from ssl_diffusion.config import load_config
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.registry import METHODS
@@ -263,3 +265,38 @@ def test_node_simulation_then_collect(tmp_path):
     md = (report / "comparison.md").read_text()
     assert "Paired differences (ddaepp − ddae, same seed)" in md and "95% t-interval" in md
     assert "Raw pixels" in md and "MFU (probe, steady)" in md
+
+
+def test_node_stops_in_time_and_keeps_its_metrics(tmp_path):
+    """With a budget too small for the work, the watchdog writes the metrics and exits 3 before
+    the budget ends (counted from process start)."""
+    write_kit(tmp_path / "kit", tiny_arrays(), "synthetic")
+    out_dir = tmp_path / "out"
+    budget = 22.0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OUT": str(out_dir)}
+    t0 = time.monotonic()
+    node = subprocess.run([sys.executable, "benchmarks/gpu_compare.py", "--node", "--tiny", "--kit",
+                           str(tmp_path / "kit"), "--work", str(tmp_path / "work"), "--budget-s",
+                           str(budget)], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120, check=False)
+    wall = time.monotonic() - t0
+    assert node.returncode == 3, node.stdout[-2000:] + node.stderr[-2000:]
+    assert wall < budget
+    metrics = json.loads((out_dir / "node_metrics.json").read_text())
+    assert metrics["status"] == "stopped at the time limit"
+    assert "time limit: stopping" in (out_dir / "node_log.txt").read_text()
+
+
+def test_gpu_overrides_are_valid_config_for_both_recipes(tmp_path):
+    """The GPU-only override list (never trained here) parses into both recipes' configs."""
+    from benchmarks.gpu_kit.node import RECIPES, NodeOptions, _overrides
+    from ssl_diffusion.config import load_config
+
+    opts = NodeOptions(kit=tmp_path, out=tmp_path, work=tmp_path)
+    for compiled in (True, False):
+        overrides = _overrides(opts, tmp_path / "data", cuda=True, compiled=compiled)
+        for recipe in RECIPES:
+            cfg = load_config(ROOT / recipe, [*overrides, "trainer.max_steps=10"])
+            assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("gpu", "bf16-mixed")
+            assert cfg.trainer.compile is compiled and cfg.data.batch_size == 256
+            assert cfg.logger.wandb.enabled is False and cfg.data.root == str(tmp_path / "data")
