@@ -1,4 +1,4 @@
-"""Optional dependencies: import a package only where it is used, or say in one line what is missing.
+"""Optional dependencies: imported only where used, or one line that names what is missing.
 
 The ``ddae``/``ddaepp`` training path and the torch kNN / linear probe need only torch, torchvision,
 pytorch-lightning, numpy, scipy and pyyaml, so they run on a machine with a fixed stack (an

@@ -176,7 +176,8 @@ def error(fn):
     except UserError as exc:
         return str(exc)
     return "no error"
-cfg = load_config(None, ["method=simclr", "data.name=fake", "data.image_size=16", "trainer.max_steps=1",
+cfg = load_config(None, ["method=simclr", "data.name=fake", "data.image_size=16",
+                         "trainer.max_steps=1",
                          "backbone.name=vit_micro"])
 print("simclr:", error(lambda: METHODS.get("simclr")(cfg, info)))
 import torch
@@ -238,7 +239,8 @@ def test_node_simulation_then_collect(tmp_path):
             assert z["images"].dtype == np.uint8 and z["images"].shape == (16, 1, 28, 28)
             assert z["seeds"].tolist() == list(range(16))
     # per-image seeds: the same seeds give different images for different weights
-    with np.load(out_dir / "samples-ddae_dit-s0.npz") as a, np.load(out_dir / "samples-ddae_dit-s1.npz") as b:
+    with (np.load(out_dir / "samples-ddae_dit-s0.npz") as a,
+          np.load(out_dir / "samples-ddae_dit-s1.npz") as b):
         assert not np.array_equal(a["images"], b["images"])
     probe = metrics["probe"]
     assert env_json["mfu_probe"] == pytest.approx(probe["flops_per_step"] / probe["step_s"] / 1e12)
@@ -260,7 +262,8 @@ def test_node_simulation_then_collect(tmp_path):
     assert set(by_name) == set(runs) and all("fid" in m and "kid" in m for m in by_name.values())
     paired = {p["metric"]: p for p in result["paired"]}
     for metric in ("fid", "sweep_linear_top1"):
-        want = [by_name[f"ddaepp_dit-s{s}"][metric] - by_name[f"ddae_dit-s{s}"][metric] for s in (0, 1)]
+        want = [by_name[f"ddaepp_dit-s{s}"][metric] - by_name[f"ddae_dit-s{s}"][metric]
+                for s in (0, 1)]
         assert paired[metric]["diffs"] == pytest.approx(want) and paired[metric]["seeds"] == [0, 1]
     md = (report / "comparison.md").read_text()
     assert "Paired differences (ddaepp − ddae, same seed)" in md and "95% t-interval" in md

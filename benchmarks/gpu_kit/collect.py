@@ -68,7 +68,8 @@ def load_samples(path: Path) -> np.ndarray:
     with np.load(path) as z:
         images = z["images"]
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise UserError(f"{path}: expected uint8 (N, C, H, W) images, got {images.dtype} {images.shape}")
+        raise UserError(f"{path}: expected uint8 (N, C, H, W) images, got {images.dtype} "
+                        f"{images.shape}")
     return images
 
 
@@ -160,7 +161,8 @@ def raw_pixel_lines(raw: dict | None) -> list[str]:
 def node_section(metrics: dict, env: dict, paired: list[PairedDifference]) -> list[str]:
     label = dict(PAIRED_METRICS)
     lines = ["## Paired differences (ddaepp − ddae, same seed)", "",
-             "| metric | seeds | per-seed B − A | mean | std | 95% t-interval |", "|---|---|---|---|---|---|"]
+             "| metric | seeds | per-seed B − A | mean | std | 95% t-interval |",
+             "|---|---|---|---|---|---|"]
     for p in paired:
         digits = 4 if p.metric == "kid" else 2
         diffs = ", ".join(_num(d, digits) for d in p.diffs) or "–"
@@ -177,9 +179,11 @@ def node_section(metrics: dict, env: dict, paired: list[PairedDifference]) -> li
     budget = metrics.get("options", {}).get("budget_s")
     mfu_text = "–" if mfu_probe is None else f"{100 * mfu_probe:.2f}%"
     lines += [
-        (f"- device: {device}; torch {env.get('torch')}, CUDA build {env.get('cuda_build')}; bf16 autocast "
-        f"{env.get('bf16_autocast')}; torch.compile {env.get('torch_compile')}{failed}"),
-        f"- status: {metrics.get('status')}; whole command {metrics.get('elapsed_s')} s of {budget} s",
+        (f"- device: {device}; torch {env.get('torch')}, CUDA build {env.get('cuda_build')}; "
+         f"bf16 autocast {env.get('bf16_autocast')}; torch.compile {env.get('torch_compile')}"
+         f"{failed}"),
+        (f"- status: {metrics.get('status')}; whole command {metrics.get('elapsed_s')} s of "
+         f"{budget} s"),
         (f"- probe: {env.get('train_images_per_s_probe')} train images/s; "
         f"{env.get('flops_per_step'):,} FLOPs per step ({env.get('flops_counted_by')})"),
         (f"- MFU (probe, steady): {mfu_text} of an assumed {peak} TFLOP/s dense bf16 peak "
@@ -235,9 +239,10 @@ def collect(opts: CollectOptions) -> dict:
     result = {"command": opts.command, "node_command": metrics.get("command"), "environment": env,
               "collect_environment": environment(), "aggregate": agg, "raw_pixels": raw,
               "runs": [r.__dict__ for r in records], "paired": [p.as_dict() for p in paired],
-              "fid": fids, "node": {k: metrics.get(k) for k in
-                                    ("status", "elapsed_s", "plan", "probe", "skipped", "split_sizes")}}
-    atomic_write_text(opts.report / "comparison.json", json.dumps(result, indent=2, default=str) + "\n")
+              "fid": fids, "node": {k: metrics.get(k) for k in (
+                  "status", "elapsed_s", "plan", "probe", "skipped", "split_sizes")}}
+    atomic_write_text(opts.report / "comparison.json",
+                      json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 

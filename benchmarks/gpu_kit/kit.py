@@ -85,7 +85,8 @@ def write_kit(dest: Path, arrays: dict[str, np.ndarray], source: str,
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "source": source,
         "files": {DATA_FILE: {"sha256": sha256(data), "bytes": data.stat().st_size}},
         "counts": {"train": len(arrays["train_images"]), "test": len(arrays["test_images"])},
-        "image_shape": list(arrays["train_images"].shape[1:]), "wheels": [], "wheels_note": WHEELS_NOTE,
+        "image_shape": list(arrays["train_images"].shape[1:]), "wheels": [],
+        "wheels_note": WHEELS_NOTE,
         "budget_mib": budget_mib,
     }
     atomic_write_text(dest / MANIFEST, json.dumps(manifest, indent=2) + "\n")

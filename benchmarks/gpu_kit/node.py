@@ -5,11 +5,11 @@ within a wall-clock budget (600 s by default, start to finish):
 
 1. unpack the kit (``kit.py``) into torchvision's layout under ``--work``;
 2. probe the ddae recipe's throughput (``probe.py``) and plan the step count (``plan.py``);
-3. for seed 0, then seed 1: train ddae and ddaepp (``recipes/fmnist/``; same seed = same base
-   init, data order and noise) with bf16 autocast and torch.compile (CUDA), then per arm run the
-   layer x noise sweep with kNN and the linear probe (cells chosen on validation, the chosen cell
-   reported on test; the project's ``eval.runner.run_sweep``) and draw ``--n-samples`` images
-   from the EMA weights, image i from seed i, quantised to uint8;
+3. for seed 0, then seed 1: train ddae and ddaepp (``recipes/fmnist_paired/``; same seed = same
+   base init, data order and noise) with bf16 autocast and torch.compile (CUDA), then per arm run
+   the layer x noise sweep with kNN and the linear probe (cells chosen on validation, the chosen
+   cell reported on test; the project's ``eval.runner.run_sweep``) and draw ``--n-samples``
+   images from the EMA weights, image i from seed i, quantised to uint8;
 4. write at most 8 files to ``$OUT``: ``node_metrics.json``, ``environment.json``,
    ``node_log.txt`` and one ``samples-<arm>-s<seed>.npz`` per arm (compressed; ``images`` uint8
    (N, C, H, W), ``seeds``).
@@ -43,7 +43,8 @@ from ssl_diffusion.atomic import atomic_write, atomic_write_text
 from ssl_diffusion.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = ["recipes/fmnist/ddae_dit.yaml", "recipes/fmnist/ddaepp_dit.yaml"]  # arm A, arm B
+# arm A, arm B: the paired Fashion-MNIST recipes (issue 12; max_steps is set by the plan)
+RECIPES = ["recipes/fmnist_paired/ddae_dit.yaml", "recipes/fmnist_paired/ddaepp_dit.yaml"]
 METRICS_FILE, ENV_FILE, LOG_FILE = "node_metrics.json", "environment.json", "node_log.txt"
 MAX_OUT_FILES, MAX_FILE_MIB = 8, 16
 # --tiny: a CPU simulation of the whole path in about a minute (tiny DiT, a few steps)
@@ -68,7 +69,8 @@ class NodeOptions:
     min_steps: int = 50
     efficiency: float = 0.8  # planned training step time = probe step time / efficiency
     safety: float = 1.5  # planned evaluation time = estimate x safety
-    sweep_layers: list[str] = field(default_factory=lambda: ["block3", "block5", "block6", "block7"])
+    sweep_layers: list[str] = field(
+        default_factory=lambda: ["block3", "block5", "block6", "block7"])
     sweep_noises: list[float] = field(default_factory=lambda: [0.05, 0.15])
     peak_tflops: float | None = None  # dense bf16 peak for MFU; None = from the GPU's name
     command: str = ""
@@ -101,8 +103,9 @@ class NodeReport:
     def __init__(self, out: Path, start: float) -> None:
         self.out, self.start = out, start
         self.lock = threading.RLock()
-        self.metrics: dict[str, Any] = {"kind": "gpu_compare_node", "format": 1, "status": "running",
-                                        "runs": [], "skipped": [], "timeline": []}
+        self.metrics: dict[str, Any] = {"kind": "gpu_compare_node", "format": 1,
+                                        "status": "running", "runs": [], "skipped": [],
+                                        "timeline": []}
         self.env: dict[str, Any] = {}
 
     def elapsed(self) -> float:
@@ -153,8 +156,10 @@ def _overrides(opts: NodeOptions, data_root: Path, cuda: bool, compiled: bool) -
                 "trainer.accelerator=cpu"]
     device = (["trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed",
                f"trainer.compile={str(compiled).lower()}"] if cuda else ["trainer.accelerator=cpu"])
+    # last.ckpt (weights, EMA, AdamW: ~90 MB) every 2000 steps, not the recipe's 50: at GPU speed
+    # the recipe's interval would write it every few seconds; it is always written at the end
     return [*common, *device, f"data.batch_size={opts.batch_size}",
-            f"data.num_workers={opts.num_workers}"]
+            f"data.num_workers={opts.num_workers}", "trainer.last_ckpt_every_n_steps=2000"]
 
 
 def save_samples(path: Path, images: np.ndarray, seeds: list[int]) -> Path:
@@ -185,7 +190,8 @@ def _sweep_summary(entry: dict) -> dict:
             "split_sizes", "dataset", "chosen_features")
     protocol = {k: v for k, v in entry["protocol"].items() if k in keep}
     return {"chosen": entry["chosen"], "grid": entry["grid"], "layers": entry["layers"],
-            "noises": entry["noises"], "protocol": protocol, "wall_time_s": entry.get("wall_time_s")}
+            "noises": entry["noises"], "protocol": protocol,
+            "wall_time_s": entry.get("wall_time_s")}
 
 
 def run_arm(recipe: str, seed: int, steps: int, overrides: list[str], opts: NodeOptions,
@@ -220,8 +226,8 @@ def run_arm(recipe: str, seed: int, steps: int, overrides: list[str], opts: Node
     report.write()
     report.event(f"{run['name']}: sampling {opts.n_samples} images")
     path = opts.out / f"samples-{run['name']}.npz"
-    samples = _stage(run, "samples", lambda: _samples(ckpt, opts.n_samples, 1000 if gpu else 8, path),
-                     report)
+    samples = _stage(run, "samples",
+                     lambda: _samples(ckpt, opts.n_samples, 1000 if gpu else 8, path), report)
     if samples is not None:
         run["samples"] = samples
     report.write()
@@ -266,7 +272,8 @@ def _arm_throughput(report: NodeReport, peak: Any) -> list[dict]:
 def check_out_files(out: Path) -> list[str]:
     """Problems with ``$OUT`` against the node's limits (8 files, 16 MiB each)."""
     files = [f for f in out.iterdir() if f.is_file()]
-    problems = [f"{len(files)} files in {out}, more than {MAX_OUT_FILES}"] if len(files) > MAX_OUT_FILES else []
+    problems = ([f"{len(files)} files in {out}, more than {MAX_OUT_FILES}"]
+                if len(files) > MAX_OUT_FILES else [])
     problems += [f"{f.name} is {f.stat().st_size / 2**20:.1f} MiB, over {MAX_FILE_MIB} MiB"
                  for f in files if f.stat().st_size > MAX_FILE_MIB * 2**20]
     return problems
@@ -332,8 +339,9 @@ def _run(opts: NodeOptions, report: NodeReport) -> int:
     report.metrics["probe"] = dataclasses.asdict(result)
     peak = peak_for(torch.cuda.get_device_name(0) if cuda else None, opts.peak_tflops)
     report.env = environment(report, result, peak, cuda)
-    report.event(f"probe: {result.train_images_per_s:.0f} train images/s (step {result.step_s * 1e3:.1f} "
-                 f"ms, compile {result.compile_s:.1f} s, compiled={result.compiled}); "
+    report.event(f"probe: {result.train_images_per_s:.0f} train images/s (step "
+                 f"{result.step_s * 1e3:.1f} ms, compile {result.compile_s:.1f} s, "
+                 f"compiled={result.compiled}); "
                  f"{result.flops_per_step / 1e9:.2f} GFLOP/step; MFU {report.env['mfu_probe']}")
     if cuda and not result.compiled:
         overrides = _overrides(opts, data_root, cuda, compiled=False)
@@ -360,7 +368,8 @@ def _run(opts: NodeOptions, report: NodeReport) -> int:
     report.metrics["plan"] = {**plan.as_dict(), "steps_used": steps,
                               "note": "tiny: steps fixed at 3" if opts.tiny else None}
     report.event(f"plan: {steps} steps per arm ({steps * result.batch_size} images), est. "
-                 f"{plan.pair_s:.0f} s per pair for {plan.n_pairs} pairs in {plan.available_s:.0f} s")
+                 f"{plan.pair_s:.0f} s per pair for {plan.n_pairs} pairs in "
+                 f"{plan.available_s:.0f} s")
     if plan.below_minimum and not opts.tiny:
         report.event(f"warning: the budget allows fewer than {opts.min_steps} steps; using "
                      f"{opts.min_steps}, the run may stop at the time limit")
@@ -373,7 +382,8 @@ def _run(opts: NodeOptions, report: NodeReport) -> int:
             skipped = opts.seeds[i:]
             report.metrics["skipped"].append({"seeds": skipped, "reason": (
                 f"{left:.0f} s left, the last pair took {last_pair_s:.0f} s")})
-            report.event(f"skipping seeds {skipped}: {left:.0f} s left < {last_pair_s:.0f} s per pair")
+            report.event(f"skipping seeds {skipped}: {left:.0f} s left < {last_pair_s:.0f} s "
+                         f"per pair")
             break
         t0 = time.monotonic()
         for recipe in RECIPES:
@@ -393,7 +403,8 @@ def options_from_env(out: str | None) -> Path:
     """``--out`` or ``$OUT``: the folder whose files come back from the node."""
     value = out or os.environ.get("OUT")
     if not value:
-        raise UserError("--node needs an output folder: set OUT=DIR (an empty folder) or pass --out DIR")
+        raise UserError("--node needs an output folder: set OUT=DIR (an empty folder) or pass "
+                        "--out DIR")
     return Path(value)
 
 

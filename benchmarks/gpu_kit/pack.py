@@ -27,7 +27,8 @@ def node_command(kit: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"),
                    help="folder holding FashionMNIST/raw (torchvision layout)")
     p.add_argument("--dest", default="kit", help="kit folder, relative to the repository root")
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kit: {dest} ({kit.size_bytes / 2**20:.1f} MiB of the {args.budget_mib:g} MiB budget); "
           f"{m['counts']['train']} train + {m['counts']['test']} test images; {m['wheels_note']}")
     print(f"bring: the repository's tracked files and the ignored folder {rel}/")
-    print(f"run on the node (from the repository root; ends within 10 minutes):\n  {node_command(str(rel))}")
+    print("run on the node (from the repository root; ends within 10 minutes):\n  "
+          + node_command(str(rel)))
     print("then, back on a CPU machine with the project installed:\n"
           f"  python benchmarks/gpu_compare.py --collect <the node's OUT folder> --kit {rel}")
     return 0

@@ -61,7 +61,8 @@ def plan_steps(available_s: float, n_pairs: int, step_s: float, efficiency: floa
                arm_overhead_s: float, eval_s: float, min_steps: int) -> StepPlan:
     """The largest step count with ``n_pairs`` pairs ending within ``available_s``."""
     if n_pairs < 1 or step_s <= 0 or not 0 < efficiency <= 1:
-        raise ValueError(f"bad plan inputs: n_pairs={n_pairs} step_s={step_s} efficiency={efficiency}")
+        raise ValueError(f"bad plan inputs: n_pairs={n_pairs} step_s={step_s} "
+                         f"efficiency={efficiency}")
     per_arm_train = available_s / n_pairs / 2 - arm_overhead_s - eval_s
     steps = int(per_arm_train * efficiency / step_s) if per_arm_train > 0 else 0
     below = steps < min_steps

@@ -1,4 +1,4 @@
-"""Throughput probe of the node run: FLOPs per training step, step time, and the costs of evaluation.
+"""Throughput probe of the node run: FLOPs per training step, step time, evaluation costs.
 
 Before any arm trains, ``probe`` builds the ddae recipe's method on the node's device and measures,
 on synthetic batches of the real shape:
@@ -133,7 +133,8 @@ def probe(cfg: Any, info: Any, device: torch.device, *, steps: int, compile_net:
             compile_s = _timed(lambda: [step() for _ in range(2)], device)
             compiled = True
         except Exception as exc:  # noqa: BLE001 - no compiler on the node: train eagerly
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            text = str(exc).strip()
+            error = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
             method = build_method(cfg, info).to(device)
             opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
     if not compiled:
