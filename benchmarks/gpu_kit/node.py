@@ -316,9 +316,8 @@ def _run(opts: NodeOptions, report: NodeReport) -> int:
     quiet_lightning()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 feature extraction on tensor cores
-        torch.backends.cudnn.allow_tf32 = True
+    # fp32 matmuls stay full precision (no TF32): the kNN's exact re-ranking certifies its
+    # neighbours against the matmul's rounding, which TF32 would loosen 8000-fold
     planned_end = opts.budget_s - opts.margin_s
     report.metrics.update(command=opts.command, options=dataclasses.asdict(opts), recipes=RECIPES)
     report.event(f"device {torch.cuda.get_device_name(0) if cuda else 'cpu'}; budget "
