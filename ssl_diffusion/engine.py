@@ -76,16 +76,24 @@ def build_datamodule(cfg: Any, splits: Splits, method_cls: type) -> SSLDataModul
     return SSLDataModule(cfg, splits, train_tf, eval_tf)
 
 
+def wandb_wanted(cfg: Any) -> bool:
+    """Whether the wandb logger is on; then wandb must be installed (it is optional: an
+    air-gapped node has none), else a one-line error before any file is written."""
+    w = cfg.logger.wandb
+    if not (w.enabled and w.mode != "disabled"):
+        return False
+    require("wandb", "logger.wandb.enabled=true (set logger.wandb.enabled=false to skip)")
+    return True
+
+
 def _loggers(cfg: Any, run_dir: Path, name: str, rank_zero: bool = True) -> list:
     from ssl_diffusion.loggers import ResumableCSVLogger
 
     loggers = [ResumableCSVLogger(run_dir)]
     w = cfg.logger.wandb
-    if w.enabled and w.mode != "disabled":
+    if wandb_wanted(cfg):
         from pytorch_lightning.loggers import WandbLogger
 
-        # wandb is optional (absent on an air-gapped node): say so before Lightning's own error
-        require("wandb", "logger.wandb.enabled=true (set logger.wandb.enabled=false to skip)")
         id_file = run_dir / "wandb_id.txt"
         if rank_zero and not id_file.exists():
             import uuid
@@ -194,6 +202,7 @@ def _pretrain(cfg: Any, recipe: str | Path | None) -> dict[str, Any]:
     # eval.fid is checked (method can generate, Inception weights found) before any file is written
     fid_cbs = fid_callbacks(cfg, method, Path(cfg.run.root) / run_name(cfg, recipe), splits)
     check_trainer_config(cfg)
+    wandb_wanted(cfg)
     if cfg.trainer.compile:
         method.compile_networks()  # nn.Module.compile: in place, checkpoint keys unchanged
     run_dir = Path(cfg.run.root) / run_name(cfg, recipe)

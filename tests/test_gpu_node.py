@@ -151,6 +151,7 @@ def test_pack_of_the_real_data_fits_the_budget_and_unpacks_byte_identical(tmp_pa
         assert (root / "FashionMNIST" / "raw" / f.name).read_bytes() == f.read_bytes()
 
 
+@pytest.mark.slow
 def test_optional_packages_fail_with_one_line_errors_where_used(tmp_path):
     """On the simulated node: ddae builds; simclr, the faiss backend and the wandb logger each
     raise a UserError naming the package they need."""
@@ -164,7 +165,7 @@ from ssl_diffusion.registry import METHODS
 from ssl_diffusion.data.datasets import DataInfo
 info = DataInfo("fake", 10, 1, 16, [0.5], [0.5], [])
 base = ["data.name=fake", "data.image_size=16", "model.preset=DiT-tiny", "model.patch_size=4",
-        "trainer.max_steps=1",
+        "trainer.max_steps=1", "data.num_workers=0", "trainer.accelerator=cpu",
         "eval.features.layer=block3", "selfcond.source_layer=block1"]
 for name in ("ddae", "ddaepp"):
     cfg = load_config(None, [*base, f"method={name}"])
@@ -184,11 +185,12 @@ import torch
 from ssl_diffusion.eval.neighbors import knn_search
 x = torch.randn(20, 4)
 print("faiss:", error(lambda: knn_search(x, x, 3, backend="faiss")))
-from ssl_diffusion.engine import _loggers
+from ssl_diffusion.engine import pretrain
 from pathlib import Path
-cfg = load_config(None, ["logger.wandb.enabled=true", "logger.wandb.mode=offline",
-                         "trainer.max_steps=1"])
-print("wandb:", error(lambda: _loggers(cfg, Path(sys.argv[1]), "x")))
+cfg = load_config(None, [*base, "method=ddae", "logger.wandb.enabled=true",
+                         "logger.wandb.mode=offline", f"run.root={sys.argv[1]}/runs"])
+print("wandb:", error(lambda: pretrain(cfg)))
+print("run dir written:", (Path(sys.argv[1]) / "runs").exists())
 print("lightly loaded:", "lightly" in sys.modules, "faiss loaded:", "faiss" in sys.modules)
 """)
     log = tmp_path / "absent.log"
@@ -200,6 +202,7 @@ print("lightly loaded:", "lightly" in sys.modules, "faiss loaded:", "faiss" in s
     assert "method simclr needs the package `lightly`" in lines["simclr"]
     assert "needs the package `faiss-cpu`" in lines["faiss"]
     assert "logger.wandb.enabled=true" in lines["wandb"] and "`wandb`" in lines["wandb"]
+    assert "run dir written: False" in out.stdout  # the error comes before any file
     assert "lightly loaded: False faiss loaded: False" in out.stdout
     assert log.read_text().startswith("loaded pid")  # the guard was active in that process
 
@@ -306,3 +309,26 @@ def test_gpu_overrides_are_valid_config_for_both_recipes(tmp_path):
             assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("gpu", "bf16-mixed")
             assert cfg.trainer.compile is compiled and cfg.data.batch_size == 256
             assert cfg.logger.wandb.enabled is False and cfg.data.root == str(tmp_path / "data")
+
+
+def test_probe_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    """A node without a working compiler still trains (eagerly) and says why."""
+    from benchmarks.gpu_kit.probe import probe
+    from ssl_diffusion.config import load_config
+    from ssl_diffusion.data.datasets import DataInfo
+    from ssl_diffusion.methods.base import SSLMethod
+
+    def broken(self):
+        raise RuntimeError("no C compiler found\nsecond line")
+
+    monkeypatch.setattr(SSLMethod, "compile_networks", broken)
+    cfg = load_config(ROOT / "recipes/fmnist_paired/ddae_dit.yaml", [
+        "model.preset=DiT-tiny", "model.patch_size=4", "data.batch_size=4", "eval.linear.epochs=1",
+        "eval.linear.warmup_epochs=0",
+        "eval.knn.k=[5]", "eval.knn.report_k=5", "eval.features.layer=block3", "sampler.steps=2"])
+    info = DataInfo("fashion_mnist", 10, 1, 28, [0.286], [0.353])
+    result = probe(cfg, info, torch.device("cpu"), steps=2, compile_net=True, n_train=32,
+                   n_val=8, gen_batch=2, eval_batch=4)
+    assert not result.compiled and result.compile_error == "RuntimeError: no C compiler found"
+    assert result.step_s > 0 and result.train_images_per_s == pytest.approx(4 / result.step_s)
+    assert result.flops_per_step > 0 and result.knn_s > 0 and result.probe_epoch_s > 0

@@ -302,6 +302,10 @@ def run_node(opts: NodeOptions) -> int:
     timer = _watchdog(report, opts)
     try:
         return _run(opts, report)
+    except BaseException as exc:  # the metrics and log still come back, with the error
+        report.event(f"stopped: {_error_line(exc)}")
+        report.write(f"failed: {_error_line(exc)}")
+        raise
     finally:
         timer.cancel()
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
