@@ -391,9 +391,11 @@ def _run(opts: NodeOptions, report: NodeReport) -> int:
         t0 = time.monotonic()
         for recipe in RECIPES:
             run_arm(recipe, seed, steps, overrides, opts, report, flops.get(recipe))
+            with report.lock:  # kept current, so a run stopped by the watchdog still has it
+                report.env["arms"] = _arm_throughput(report, peak)
+            report.write()
         last_pair_s = time.monotonic() - t0
         report.event(f"seed {seed} pair done in {last_pair_s:.0f} s")
-    report.env["arms"] = _arm_throughput(report, peak)
     failed = [r["name"] for r in report.metrics["runs"] if r["status"] != "ok"]
     report.write("complete" if not failed else f"complete with failed arms: {', '.join(failed)}")
     for problem in check_out_files(opts.out):
