@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-raw-pixels", action="store_true", help="skip the raw-pixel baseline row")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
     args = p.parse_args(argv)
-    from ssl_diffusion.compare import CompareOptions, compare
+    from ssl_diffusion.app.compare import CompareOptions, compare
     from ssl_diffusion.errors import UserError
 
     if args.fid_n < 2 or (args.fid_ref_n is not None and args.fid_ref_n < 2):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from ssl_diffusion.cli import run_cli
-from ssl_diffusion.compare import RunRecord, aggregate, mean_std, parse_recipe_spec
+from ssl_diffusion.app.cli import run_cli
+from ssl_diffusion.app.compare import RunRecord, aggregate, mean_std, parse_recipe_spec
 from ssl_diffusion.errors import UserError
 
 TINY = ["trainer.max_steps=2", "logger.wandb.enabled=false", "trainer.progress_bar=false",
@@ -78,7 +78,7 @@ def test_recipe_spec_with_seeds():
 
 
 def test_a_zero_accuracy_is_reported_not_dropped(tmp_path):
-    from ssl_diffusion.compare import _collect
+    from ssl_diffusion.app.compare import _collect
 
     run = tmp_path / "r-s0"
     run.mkdir()
@@ -104,8 +104,8 @@ def test_gpu_compare_script_runs_end_to_end_on_cpu(tmp_path):
 
 
 def test_an_interrupt_stops_the_comparison_instead_of_moving_on(tmp_path):
-    from ssl_diffusion.compare import _stage
-    from ssl_diffusion.signals import RunInterrupted
+    from ssl_diffusion.app.compare import _stage
+    from ssl_diffusion.app.signals import RunInterrupted
 
     def interrupted():
         raise RunInterrupted("interrupted at step 3; run the same command again to resume", 15)
@@ -121,7 +121,7 @@ def test_an_interrupt_stops_the_comparison_instead_of_moving_on(tmp_path):
 def test_plot_draws_non_generative_methods_as_lines(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from ssl_diffusion.compare import write_plot
+    from ssl_diffusion.app.compare import write_plot
 
     calls = {"scatter": [], "axhline": []}
     for name in calls:

@@ -162,7 +162,7 @@ import time
 from ssl_diffusion.config import load_config
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.registry import METHODS
-from ssl_diffusion.data.datasets import DataInfo
+from ssl_diffusion.data.info import DataInfo
 info = DataInfo("fake", 10, 1, 16, [0.5], [0.5], [])
 base = ["data.name=fake", "data.image_size=16", "model.preset=DiT-tiny", "model.patch_size=4",
         "trainer.max_steps=1", "data.num_workers=0", "trainer.accelerator=cpu",
@@ -185,7 +185,7 @@ import torch
 from ssl_diffusion.eval.neighbors import knn_search
 x = torch.randn(20, 4)
 print("faiss:", error(lambda: knn_search(x, x, 3, backend="faiss")))
-from ssl_diffusion.engine import pretrain
+from ssl_diffusion.app.pretrain import pretrain
 from pathlib import Path
 cfg = load_config(None, [*base, "method=ddae", "logger.wandb.enabled=true",
                          "logger.wandb.mode=offline", f"run.root={sys.argv[1]}/runs"])
@@ -315,7 +315,7 @@ def test_probe_falls_back_to_eager_when_compiling_fails(monkeypatch):
     """A node without a working compiler still trains (eagerly) and says why."""
     from benchmarks.gpu_kit.probe import probe
     from ssl_diffusion.config import load_config
-    from ssl_diffusion.data.datasets import DataInfo
+    from ssl_diffusion.data.info import DataInfo
     from ssl_diffusion.methods.base import SSLMethod
 
     def broken(self):

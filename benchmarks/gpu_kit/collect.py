@@ -75,11 +75,11 @@ def load_samples(path: Path) -> np.ndarray:
 
 def fid_of_runs(metrics: dict, opts: CollectOptions, overrides: list[str]) -> dict[str, dict]:
     """FID/KID per run name, against one cached reference set."""
+    from ssl_diffusion.app.generation import reference_batches, reference_dataset_id
     from ssl_diffusion.config import load_config
     from ssl_diffusion.data.datasets import build_splits
     from ssl_diffusion.eval.fid import ReferenceKey, compute_fid
     from ssl_diffusion.eval.inception import load_inception
-    from ssl_diffusion.generation import reference_batches, reference_dataset_id
 
     runs = [r for r in metrics["runs"] if r.get("samples")]
     if not runs:
@@ -107,7 +107,7 @@ def fid_of_runs(metrics: dict, opts: CollectOptions, overrides: list[str]) -> di
 
 def records_of(metrics: dict, fids: dict[str, dict]) -> list[Any]:
     """compare.RunRecord per node run, flattened to the numbers the report tabulates."""
-    from ssl_diffusion.compare import RunRecord
+    from ssl_diffusion.app.compare import RunRecord
 
     records = []
     for run in metrics["runs"]:
@@ -204,7 +204,7 @@ def node_section(metrics: dict, env: dict, paired: list[PairedDifference]) -> li
 
 
 def collect(opts: CollectOptions) -> dict:
-    from ssl_diffusion.compare import (
+    from ssl_diffusion.app.compare import (
         CompareOptions,
         aggregate,
         environment,

@@ -169,8 +169,8 @@ def save_samples(path: Path, images: np.ndarray, seeds: list[int]) -> Path:
 
 
 def _samples(ckpt: Path, n: int, batch: int, path: Path) -> dict:
-    from ssl_diffusion.engine import load_method
-    from ssl_diffusion.generation import generate_uint8, generation_protocol
+    from ssl_diffusion.app.generation import generate_uint8, generation_protocol
+    from ssl_diffusion.app.loading import load_method
 
     loaded = load_method(ckpt)
     method = loaded.method.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -196,9 +196,9 @@ def _sweep_summary(entry: dict) -> dict:
 
 def run_arm(recipe: str, seed: int, steps: int, overrides: list[str], opts: NodeOptions,
             report: NodeReport, flops_per_step: int | None) -> dict:
+    from ssl_diffusion.app.evaluate import run_sweep
+    from ssl_diffusion.app.pretrain import pretrain
     from ssl_diffusion.config import load_config
-    from ssl_diffusion.engine import pretrain
-    from ssl_diffusion.eval.runner import run_sweep
 
     stem = Path(recipe).stem
     run: dict[str, Any] = {"recipe": recipe, "seed": seed, "name": f"{stem}-s{seed}",
@@ -235,7 +235,7 @@ def run_arm(recipe: str, seed: int, steps: int, overrides: list[str], opts: Node
 
 
 def environment(report: NodeReport, probe_result: Any, peak: Any, cuda: bool) -> dict:
-    from ssl_diffusion.compare import environment as base_environment
+    from ssl_diffusion.app.compare import environment as base_environment
 
     env = base_environment()
     steps_per_s = 1.0 / probe_result.step_s
@@ -313,9 +313,9 @@ def run_node(opts: NodeOptions) -> int:
 
 
 def _run(opts: NodeOptions, report: NodeReport) -> int:
+    from ssl_diffusion.app.pretrain import build_method, quiet_lightning
     from ssl_diffusion.config import load_config
     from ssl_diffusion.data.datasets import build_splits
-    from ssl_diffusion.engine import build_method, quiet_lightning
 
     quiet_lightning()
     cuda = torch.cuda.is_available()

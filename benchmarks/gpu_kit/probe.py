@@ -103,10 +103,10 @@ def count_step_flops(method: Any, x: torch.Tensor, labels: torch.Tensor) -> int:
 def probe(cfg: Any, info: Any, device: torch.device, *, steps: int, compile_net: bool,
           n_train: int, n_val: int, gen_batch: int, eval_batch: int) -> ProbeResult:
     """Measure the ddae recipe ``cfg`` on ``device`` (see the module docstring)."""
-    from ssl_diffusion.engine import build_method
+    from ssl_diffusion.app.evaluate import knn_on_features, linear_on_features
+    from ssl_diffusion.app.generation import sampler_config
+    from ssl_diffusion.app.pretrain import build_method
     from ssl_diffusion.eval.features import FeatureSet
-    from ssl_diffusion.eval.runner import knn_on_features, linear_on_features
-    from ssl_diffusion.generation import sampler_config
 
     start = time.perf_counter()
     torch.manual_seed(0)

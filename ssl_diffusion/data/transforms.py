@@ -13,9 +13,8 @@ from typing import Any, Literal
 
 from torchvision import transforms as T
 
-from ssl_diffusion.data.datasets import DataInfo
-from ssl_diffusion.errors import UserError
-from ssl_diffusion.optional import require
+from ssl_diffusion.data.info import DataInfo
+from ssl_diffusion.errors import UserError, require
 
 PRESETS = ("simclr", "dino", "diffusion", "eval")
 Normalization = Literal["dataset", "symmetric"]

@@ -37,9 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssl_diffusion.errors import UserError, did_you_mean
+from ssl_diffusion.errors import UserError, did_you_mean, require
 from ssl_diffusion.eval.exact_dot import canonical_dot, row_norms
-from ssl_diffusion.optional import require
 
 MARGIN = 16  # extra candidates beyond k, so the certificate rarely fails (random data: never seen)
 BACKENDS = ("auto", "faiss", "torch")

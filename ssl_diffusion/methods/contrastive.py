@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_diffusion.optional import require
+from ssl_diffusion.errors import require
 
 NEEDED_FOR = "contrastive self-distillation (contrastive.weight > 0)"
 

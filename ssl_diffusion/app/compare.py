@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -22,11 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssl_diffusion.atomic import atomic_write, atomic_write_text
-from ssl_diffusion.errors import UserError
-from ssl_diffusion.signals import RunInterrupted
+import torch
 
-GENERATIVE = ("ddae", "ddaepp")  # methods with a sampler (FID) and a (layer, noise) sweep
+from ssl_diffusion.app import evaluate as runner
+from ssl_diffusion.app.evaluate import raw_pixel_scores
+from ssl_diffusion.app.generation import run_fid_from_checkpoint
+from ssl_diffusion.app.pretrain import pretrain
+from ssl_diffusion.app.run_dir import read_metrics
+from ssl_diffusion.app.signals import RunInterrupted
+from ssl_diffusion.atomic import atomic_write, atomic_write_text
+from ssl_diffusion.config import Config, load_config
+from ssl_diffusion.errors import UserError
+from ssl_diffusion.registry import METHODS
+from ssl_diffusion.version import __version__
 
 
 @dataclass
@@ -60,13 +69,8 @@ class RunRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_metrics(run_dir: Path) -> dict:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _finished(cfg: Any, run_dir: Path) -> bool:
-    pre = _load_metrics(run_dir).get("pretrain")
+def _finished(cfg: Config, run_dir: Path) -> bool:
+    pre = read_metrics(run_dir).get("pretrain")
     if not pre or not (run_dir / "last.ckpt").is_file():
         return False
     if cfg.trainer.max_steps is not None:
@@ -89,9 +93,6 @@ def _stage(record: RunRecord, name: str, fn: Callable[[], Any]) -> bool:
 
 
 def run_one(recipe: str, seed: int, opts: CompareOptions) -> RunRecord:
-    from ssl_diffusion.config import load_config
-    from ssl_diffusion.engine import pretrain
-
     stem = Path(recipe).stem
     run_dir = opts.out / f"{stem}-s{seed}"
     record = RunRecord(recipe=recipe, seed=seed, run_dir=str(run_dir))
@@ -108,20 +109,19 @@ def run_one(recipe: str, seed: int, opts: CompareOptions) -> RunRecord:
     if not _finished(cfg, run_dir) and not _stage(record, "train", lambda: pretrain(cfg, recipe)):
         return _collect(record)
     ckpt = run_dir / "last.ckpt"
-    done = _load_metrics(run_dir)
-    from ssl_diffusion.eval import runner
-
+    done = read_metrics(run_dir)
     stages: list[tuple[str, Callable[[], Any]]] = []
     lim = opts.limit
     if "knn" not in done:
         stages.append(("knn", lambda: runner.run_knn(ckpt, progress=False, limit=lim)))
     if opts.linear and "linear" not in done:
         stages.append(("linear", lambda: runner.run_linear(ckpt, progress=False, limit=lim)))
-    if cfg.method in GENERATIVE and opts.sweep and "sweep" not in done:
+    generative = METHODS.get(cfg.method).generative
+    if generative and opts.sweep and "sweep" not in done:
         stages.append(("sweep", lambda: runner.run_sweep(
             ckpt, layers=opts.sweep_layers, noises=opts.sweep_noises, metric="both",
             progress=False, limit=lim)))
-    if cfg.method in GENERATIVE and opts.fid and "fid" not in done:
+    if generative and opts.fid and "fid" not in done:
         stages.append(("fid", lambda: _fid(ckpt, opts)))
     for name, fn in stages:
         _stage(record, name, fn)  # later stages still run after a failing one
@@ -129,55 +129,24 @@ def run_one(recipe: str, seed: int, opts: CompareOptions) -> RunRecord:
 
 
 def raw_pixel_baseline(recipe: str, opts: CompareOptions) -> dict[str, Any]:
-    """kNN and linear probe on raw pixels ([-1, 1], flattened) under the recipes' protocol:
-    the same splits, gallery, k, T and probe settings as every learned representation."""
-    import numpy as np
-
-    from ssl_diffusion.config import load_config
-    from ssl_diffusion.data.datasets import build_splits
-    from ssl_diffusion.data.transforms import eval_transform
-    from ssl_diffusion.eval.features import FeatureSet
-    from ssl_diffusion.eval.runner import knn_on_features, linear_on_features
-
+    """``evaluate.raw_pixel_scores`` under the recipes' protocol, cached in ``<out>``."""
     cache = opts.out / "raw_pixels.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    cfg = load_config(recipe, opts.overrides)
-    splits = build_splits(cfg.data)
-    tf = eval_transform(splits.info, "symmetric")
-
-    def pixels(dataset: Any) -> FeatureSet:
-        n = len(dataset) if opts.limit is None else min(opts.limit, len(dataset))
-        xs, ys = zip(*(dataset[i] for i in range(n)))
-        feats = np.stack([tf(x).flatten().numpy() for x in xs]).astype(np.float32)
-        return FeatureSet(feats, np.asarray(ys, dtype=np.int64))
-
-    train = pixels(splits.train)
-    evals = {"val": pixels(splits.val), "test": pixels(splits.test)}
-    import torch
-
-    knn = knn_on_features(train, evals, splits.info.num_classes, cfg.eval.knn)
-    linear = linear_on_features(train, evals, splits.info.num_classes, cfg.eval.linear,
-                                torch.device("cpu")) if opts.linear else {}
-    result = {"knn_top1": knn["test_top1"], "knn_val_top1": knn["val_top1"],
-              "linear_top1": linear.get("test_top1"), "linear_val_top1": linear.get("val_top1"),
-              "protocol": {"features": "raw pixels in [-1, 1], flattened", "dataset": cfg.data.name,
-                           "train_size": len(train), "limit": opts.limit,
-                           "knn": knn["protocol"]}}
+    result = raw_pixel_scores(load_config(recipe, opts.overrides), limit=opts.limit,
+                              linear=opts.linear)
     atomic_write_text(cache, json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
 def _fid(ckpt: Path, opts: CompareOptions) -> dict:
-    from ssl_diffusion.generation import run_fid_from_checkpoint
-
     return run_fid_from_checkpoint(ckpt, n=opts.fid_n, ref_n=opts.fid_ref_n,
                                    sampler=opts.fid_sampler, steps=opts.fid_steps, progress=False)
 
 
 def _collect(record: RunRecord) -> RunRecord:
     """Flatten the run's metrics.json into the numbers the report tabulates."""
-    m = _load_metrics(Path(record.run_dir))
+    m = read_metrics(Path(record.run_dir))
     pre = m.get("pretrain", {})
     out: dict[str, Any] = {}
     if pre:
@@ -267,10 +236,6 @@ def _fmt(cell: Any, key: str) -> str:
 
 
 def environment() -> dict[str, Any]:
-    import torch
-
-    from ssl_diffusion import __version__
-
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=False).stdout.strip() or None
@@ -284,8 +249,6 @@ def environment() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import os
-
     return {"version": __version__, "commit": commit, "python": platform.python_version(),
             "torch": torch.__version__, "cpu": cpu, "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
