@@ -8,7 +8,7 @@ within a wall-clock budget (600 s by default, start to finish):
 3. for seed 0, then seed 1: train ddae and ddaepp (``recipes/fmnist_paired/``; same seed = same
    base init, data order and noise) with bf16 autocast and torch.compile (CUDA), then per arm run
    the layer x noise sweep with kNN and the linear probe (cells chosen on validation, the chosen
-   cell reported on test; the project's ``eval.runner.run_sweep``) and draw ``--n-samples``
+   cell reported on test; the project's ``app.evaluate.run_sweep``) and draw ``--n-samples``
    images from the EMA weights, image i from seed i, quantised to uint8;
 4. write at most 8 files to ``$OUT``: ``node_metrics.json``, ``environment.json``,
    ``node_log.txt`` and one ``samples-<arm>-s<seed>.npz`` per arm (compressed; ``images`` uint8
