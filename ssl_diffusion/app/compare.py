@@ -28,6 +28,8 @@ import torch
 from ssl_diffusion.app import evaluate as runner
 from ssl_diffusion.app.evaluate import raw_pixel_scores
 from ssl_diffusion.app.generation import run_fid_from_checkpoint
+from ssl_diffusion.app.paired import markdown as paired_markdown
+from ssl_diffusion.app.paired import paired_analysis
 from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.app.run_dir import read_metrics
 from ssl_diffusion.app.signals import RunInterrupted
@@ -54,6 +56,8 @@ class CompareOptions:
     linear: bool = True
     limit: int | None = None  # cap on images per split (e.g. a 10k kNN gallery / probe set)
     raw_pixels: bool = True  # add the raw-pixel baseline under the same protocol
+    paired: bool = True  # paired differences of every recipe against the first one
+    bootstrap_resamples: int = 100  # per seed, for the FID / KID difference intervals
     command: str = ""  # the command line, recorded in the report
 
 
@@ -256,7 +260,8 @@ def environment() -> dict[str, Any]:
 
 
 def write_markdown(path: Path, agg: dict, records: list[RunRecord], opts: CompareOptions,
-                   env: dict, raw: dict[str, Any] | None = None) -> None:
+                   env: dict, raw: dict[str, Any] | None = None,
+                   paired: dict[str, Any] | None = None) -> None:
     lines = ["# Comparison", "", f"Command: `{opts.command}`", "",
              f"ssl_diffusion {env['version']} (commit {env['commit']}), torch {env['torch']}, "
              f"{env['cpu']} x{env['cpu_count']}" + (f", GPU {env['gpu']}" if env["gpu"] else "") +
@@ -279,6 +284,7 @@ def write_markdown(path: Path, agg: dict, records: list[RunRecord], opts: Compar
               "linear: BN (no affine) + linear probe on frozen train-split features; diffusion "
               "methods: the (layer, noise) cell chosen on the validation split, reported on test."
               + (f" Every split capped at {opts.limit} images." if opts.limit else ""), ""]
+    lines += paired_markdown(paired or {})
     failed = [r for r in records if r.status != "ok"]
     if failed:
         lines += ["## Failed runs", ""]
@@ -293,7 +299,7 @@ def write_markdown(path: Path, agg: dict, records: list[RunRecord], opts: Compar
 
 
 def write_plot(path: Path, records: list[RunRecord]) -> None:
-    import matplotlib
+    import matplotlib  # here: the plotting backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -315,6 +321,17 @@ def write_plot(path: Path, records: list[RunRecord]) -> None:
         else:
             ax.scatter(fid, acc, color=color, label=label if first else None)
         plotted += 1
+    # paired lines: the runs of one seed (same base weights, data order and noise) joined
+    by_seed: dict[int, list[tuple[float, float]]] = {}
+    for r in records:
+        acc = r.metrics.get("sweep_linear_top1", r.metrics.get("linear_top1"))
+        if acc is not None and r.metrics.get("fid") is not None:
+            by_seed.setdefault(r.seed, []).append((r.metrics["fid"], acc))
+    for seed, points in sorted(by_seed.items()):
+        if len(points) > 1:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, color="0.6", linewidth=0.8, zorder=0,
+                    label="same seed (paired)" if seed == min(by_seed) else None)
     ax.set_xlabel("FID (lower is better)")
     ax.set_ylabel("linear top-1 % (test; val-chosen cell)")
     ax.set_title("Linear accuracy vs FID, one point per run")
@@ -364,9 +381,10 @@ def compare(recipes: list[str], opts: CompareOptions) -> dict[str, Any]:
             raw = raw_pixel_baseline(plan[0][0], opts)
         except Exception as exc:  # noqa: BLE001 - the baseline must not lose the report
             raw = {"error": f"{type(exc).__name__}: {exc}"}
+    paired = paired_analysis(records, plan[0][0], opts.bootstrap_resamples) if opts.paired else None
     result = {"command": opts.command, "environment": env, "aggregate": agg, "raw_pixels": raw,
-              "runs": [r.__dict__ for r in records]}
+              "paired": paired, "runs": [r.__dict__ for r in records]}
     atomic_write_text(opts.out / "comparison.json", json.dumps(result, indent=2, default=str) + "\n")
-    write_markdown(opts.out / "comparison.md", agg, records, opts, env, raw)
+    write_markdown(opts.out / "comparison.md", agg, records, opts, env, raw, paired)
     write_plot(opts.out / "comparison.png", records)
     return result

@@ -37,13 +37,14 @@ from ssl_diffusion.eval.knn import KNNEvaluator
 from ssl_diffusion.eval.linear import train_linear_probe
 from ssl_diffusion.eval.spec import FeatureSpec
 
+Checkpoint = str | Path | LoadedMethod  # a checkpoint path, or one already loaded
 QUERY_SPLITS = ("val", "test")
 
 
 # --------------------------------------------------------------------------- loading and storing
 
 
-def load(ckpt: Any, overrides: Sequence[str] = ()) -> Any:
+def load(ckpt: Checkpoint, overrides: Sequence[str] = ()) -> LoadedMethod:
     """``engine.load_method(ckpt, overrides)``; a ``LoadedMethod`` passes through unchanged."""
     if isinstance(ckpt, LoadedMethod):
         if overrides:
@@ -53,7 +54,7 @@ def load(ckpt: Any, overrides: Sequence[str] = ()) -> Any:
     return load_method(ckpt, list(overrides))
 
 
-def run_dir_of(loaded: Any) -> Path:
+def run_dir_of(loaded: LoadedMethod) -> Path:
     """The run directory of a checkpoint: the folder holding it (``runs/<name>/last.ckpt``)."""
     return Path(loaded.path).resolve().parent
 
@@ -64,7 +65,23 @@ def store(run_dir: Path, key: str, entry: dict) -> None:
         store_metrics_entry(run_dir, key, entry)
 
 
-def checkpoint_info(loaded: Any, extractor: FeatureExtractor) -> dict:
+def save_predictions(run_dir: Path, name: str, predictions: dict[str, np.ndarray],
+                     evals: dict[str, FeatureSet]) -> str | None:
+    """``<run_dir>/predictions/<name>.npz``: per split the predicted and true class of every
+    query, in split order (for paired tests such as McNemar's between two runs); rank 0 only."""
+    if not is_rank_zero():
+        return None
+    arrays = {}
+    for split, pred in predictions.items():
+        arrays[f"{split}_pred"] = np.asarray(pred, dtype=np.int64)
+        arrays[f"{split}_label"] = np.asarray(evals[split].labels, dtype=np.int64)
+    path = Path(run_dir) / "predictions" / f"{name}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    return str(path)
+
+
+def checkpoint_info(loaded: LoadedMethod, extractor: FeatureExtractor) -> dict:
     return {"path": str(loaded.path), "sha1": extractor.checkpoint_sha1,
             "step": int(loaded.ckpt.get("global_step", 0)),
             "epoch": int(loaded.ckpt.get("epoch", 0))}
@@ -82,7 +99,7 @@ def _check_splits(splits: Sequence[str]) -> list[str]:
     return splits
 
 
-def _extractor(loaded: Any, progress: bool, batch_size: int | None, device: str | None,
+def _extractor(loaded: LoadedMethod, progress: bool, batch_size: int | None, device: str | None,
                cache: bool | str | Path) -> FeatureExtractor:
     cache_dir = False if cache is False else (None if cache is True else cache)
     return FeatureExtractor(loaded, cache_dir=cache_dir, batch_size=batch_size, device=device,
@@ -110,6 +127,7 @@ def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_class
     for split, fs in queries.items():
         res = evaluator.evaluate(bank, train.labels, fs.feats, fs.labels, num_classes)
         protocol = res.pop("protocol")
+        out.setdefault("predictions", {})[split] = res.pop("predictions")
         out[f"{split}_top1"], out[f"{split}_top5"] = res["knn_top1"], res["knn_top5"]
         out[split] = res
     protocol.pop("num_queries", None)
@@ -154,7 +172,7 @@ def raw_pixel_scores(cfg: Config, *, limit: int | None = None, linear: bool = Tr
 # --------------------------------------------------------------------------- kNN and linear
 
 
-def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[str],
+def _evaluate(kind: str, ckpt: Checkpoint, overrides: Sequence[str], splits: Sequence[str],
               progress: bool, batch_size: int | None, device: str | None, limit: int | None,
               cache: bool | str | Path, write_metrics: bool) -> dict:
     start = time.time()
@@ -189,13 +207,16 @@ def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[s
         "checkpoint": checkpoint_info(loaded, ex), "overrides": list(overrides),
         "features_from_cache": all(fs.from_cache for fs in [train, *evals.values()]),
     })
+    predictions = result.pop("predictions")
     entry = {**result, "protocol": protocol, "wall_time_s": round(time.time() - start, 2)}
     if write_metrics:
-        store(run_dir_of(loaded), kind, entry)
+        run_dir = run_dir_of(loaded)
+        entry["predictions_file"] = save_predictions(run_dir, kind, predictions, evals)
+        store(run_dir, kind, entry)
     return entry
 
 
-def run_knn(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
+def run_knn(ckpt: Checkpoint, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
             progress: bool = True, batch_size: int | None = None, device: str | None = None,
             limit: int | None = None, cache: bool | str | Path = True,
             write_metrics: bool = True) -> dict:
@@ -220,7 +241,7 @@ def run_knn(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] =
                      write_metrics)
 
 
-def run_linear(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
+def run_linear(ckpt: Checkpoint, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
                progress: bool = True, batch_size: int | None = None, device: str | None = None,
                limit: int | None = None, cache: bool | str | Path = True,
                write_metrics: bool = True) -> dict:
@@ -237,7 +258,7 @@ def run_linear(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str
 # --------------------------------------------------------------------------- the sweep
 
 
-def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str] | None = None,
+def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequence[str] | None = None,
               noises: Sequence[float] | None = None, metric: str = "knn",
               probe_epochs: int | None = None, write_recipe: str | Path | None = None,
               select_by: str | None = None, progress: bool = True,
@@ -313,6 +334,8 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
             print(f"sweep: noise {noise:g} ({unit}): best val top-1 {best:.2f}% over "
                   f"{len(layers)} layers", flush=True)
 
+    chosen_predictions: dict[str, np.ndarray] = {}
+
     def test_of(cell: dict) -> dict:
         spec = FeatureSpec(cell["layer"], cell["sigma"], use_ema)
         train, test = ex.extract("train", spec, limit=limit), ex.extract("test", spec, limit=limit)
@@ -323,6 +346,8 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
             else:
                 res = linear_on_features(train, {"test": test}, n_cls, linear_cfg, ex.device)
             out[m] = {"test_top1": res["test_top1"], "test_top5": res["test_top5"]}
+            chosen_predictions[m] = res["predictions"]["test"]
+        chosen_predictions["_labels"] = test.labels
         return out
 
     chosen = sw.summarize(rows, select_by, test_of)
@@ -358,6 +383,11 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         atomic_write(run_dir / "sweep.png", lambda f: f.write(png))
     entry["wall_time_s"] = round(time.time() - start, 2)
     if write_metrics:
+        labels = chosen_predictions.pop("_labels")
+        files["predictions"] = save_predictions(
+            run_dir, "sweep", {f"test_{m}": p for m, p in chosen_predictions.items()},
+            {f"test_{m}": FeatureSet(np.zeros((len(labels), 0), np.float32), labels)
+             for m in chosen_predictions})
         store(run_dir, "sweep", entry)
     return entry
 
@@ -370,6 +400,8 @@ __all__ = [
     "run_dir_of",
     "run_knn",
     "run_linear",
+    "raw_pixel_scores",
     "run_sweep",
+    "save_predictions",
     "store",
 ]

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ssl_diffusion.app.image_files import NpzWriter, save_grid, save_npz, save_png_folder
 from ssl_diffusion.app.loading import load_method
 from ssl_diffusion.app.run_dir import update_metrics
+from ssl_diffusion.atomic import atomic_write
 from ssl_diffusion.config import Config
 from ssl_diffusion.config.sections import DataConfig
 from ssl_diffusion.data.datasets import build_splits
@@ -136,7 +137,7 @@ def is_conditional(method: SSLMethod) -> bool:
     return method.class_conditional
 
 
-def class_labels_for(method: Any, seeds: Sequence[int], classes: int | str | None) -> Tensor | None:
+def class_labels_for(method: SSLMethod, seeds: Sequence[int], classes: int | str | None) -> Tensor | None:
     """Labels for ``seeds``: ``None`` (unconditional; ``"all"`` for a conditional model), an int
     (one class for every image) or ``"all"`` (seed s gets class s mod K: balanced over a range of
     seeds and, like the image, a function of the seed only)."""
@@ -154,7 +155,7 @@ def class_labels_for(method: Any, seeds: Sequence[int], classes: int | str | Non
     return torch.full((len(seeds),), classes, dtype=torch.long)
 
 
-def check_guidance(method: Any, cfg: SamplerConfig) -> None:
+def check_guidance(method: SSLMethod, cfg: SamplerConfig) -> None:
     if cfg.cfg != 1.0 and not is_conditional(method):
         raise UserError(f"guidance scale cfg={cfg.cfg} needs a class-conditional model; this one "
                         f"is unconditional: use --cfg 1 (sampler.cfg=1)")
@@ -165,7 +166,7 @@ def to_uint8(images: Tensor) -> Tensor:
     return (images.float() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def generate_uint8(method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig,
+def generate_uint8(method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig,
                    batch_size: int = 64, use_ema: bool = True,
                    class_labels: Tensor | None = None, progress: bool = True) -> Iterator[Tensor]:
     """uint8 (B, C, H, W) CPU batches of ``method.generate`` for ``seeds`` in order.
@@ -245,6 +246,7 @@ class FIDStage:
         self.splits = splits
         self.net = net if net is not None else load_inception(self.fid_cfg.weights, device=device)
         self._ref: ReferenceStats | None = None
+        self.last_generated: ExtractedStats | None = None
 
     def reference_key(self, image_size: int) -> ReferenceKey:
         f = self.fid_cfg
@@ -273,7 +275,7 @@ class FIDStage:
                     self._ref = compute()
         return self._ref
 
-    def generated_stats(self, method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
+    def generated_stats(self, method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
                         batch_size: int = 64, use_ema: bool = True,
                         class_labels: Tensor | None = None, rank: int = 0, world: int = 1,
                         progress: bool = True,
@@ -295,7 +297,7 @@ class FIDStage:
             gen.logits.all_reduce_()
         return gen
 
-    def evaluate(self, method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
+    def evaluate(self, method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
                  batch_size: int = 64, use_ema: bool = True, class_labels: Tensor | None = None,
                  rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
                  progress: bool = True,
@@ -310,6 +312,7 @@ class FIDStage:
                                    use_ema=use_ema, class_labels=class_labels, rank=rank,
                                    world=world, progress=progress, tap=tap)
         f = self.fid_cfg
+        self.last_generated = gen  # kept features, for paired bootstraps (save_generated_features)
         result = fid_metrics(gen, ref, key, f, self.net)
         result.update(generation_protocol(method, seeds, sampler_cfg, use_ema, class_labels))
         result.update({"ref_n": f.ref_n, "ref_split": f.ref_split, "world_size": world,
@@ -327,7 +330,7 @@ def _tapped(batches: Iterable[Tensor], seeds: list[int],
         yield batch
 
 
-def generation_protocol(method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig,
+def generation_protocol(method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig,
                         use_ema: bool, class_labels: Tensor | None) -> dict:
     """The knobs that decide the generated images, in the form stored in metrics.json."""
     weights = "ema" if use_ema and getattr(method, "ema", None) is not None else "raw"
@@ -365,8 +368,25 @@ def run_fid(method: SSLMethod, cfg: Config, run_dir: str | Path | None, n: int,
                             class_labels=class_labels, progress=progress, tap=tap)
     result.update(extra or {})
     if run_dir is not None:
+        saved = save_generated_features(Path(run_dir), stage.last_generated)
+        if saved is not None:
+            result["features_file"] = saved
         update_metrics(Path(run_dir), {"fid": result})
     return result
+
+
+def save_generated_features(run_dir: Path, gen: ExtractedStats | None) -> str | None:
+    """``<run_dir>/fid_features.npz``: the Inception features of every generated image with its
+    sample key (a hash of the image index, the same for every model at the same seeds), so two
+    runs' images can be paired for a bootstrap of the FID / KID difference. Written only when
+    every image's features were kept (n <= eval.fid.kid_max_n)."""
+    if gen is None or len(gen.features.kept_features) != gen.features.count:
+        return None
+    path = run_dir / "fid_features.npz"
+    f = gen.features
+    atomic_write(path, lambda fh: np.savez_compressed(fh, features=f.kept_features,
+                                                      key=f.kept_priority))
+    return str(path)
 
 
 def run_fid_from_checkpoint(ckpt: str | Path, *, n: int, ref_n: int | None = None,

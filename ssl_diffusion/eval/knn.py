@@ -126,6 +126,8 @@ class KNNEvaluator:
             scores = weighted_knn_predict(sims[:, :k], labels[:, :k], num_classes, cfg.temperature)
             acc = topk_accuracy(scores, query_y)
             out[f"knn_top1@k{k}"], out[f"knn_top5@k{k}"] = acc[1], acc[5]
+            if k == cfg.report_k:  # per-query top-1 class (paired tests between two models)
+                out["predictions"] = scores.argmax(dim=1).numpy().astype(np.int64)  # (Q,)
         out["knn_top1"] = out[f"knn_top1@k{cfg.report_k}"]
         out["knn_top5"] = out[f"knn_top5@k{cfg.report_k}"]
         out["protocol"] = {

@@ -202,7 +202,8 @@ def evaluate_probe(probe: LinearProbe, feats: Tensor, labels: Tensor) -> dict[st
         [probe(feats[i : i + _EVAL_BATCH].to(device)) for i in range(0, len(feats), _EVAL_BATCH)]
     )
     acc = topk_accuracy(logits, labels)
-    return {"top1": acc[1], "top5": acc[5]}
+    return {"top1": acc[1], "top5": acc[5],
+            "predictions": logits.argmax(dim=1).cpu().numpy().astype(np.int64)}  # (N,) top-1
 
 
 def train_linear_probe(
@@ -245,6 +246,7 @@ def train_linear_probe(
             )
         acc = evaluate_probe(fit.probe, feats, labels)
         out[f"{name}_top1"], out[f"{name}_top5"] = acc["top1"], acc["top5"]
+        out.setdefault("predictions", {})[name] = acc["predictions"]  # (N,) per split
     out["train_loss"] = fit.train_loss
     out["protocol"] = {
         **asdict(cfg),

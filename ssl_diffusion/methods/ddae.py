@@ -41,7 +41,7 @@ from ssl_diffusion.methods.contrastive import (
     moco_v3_projector,
     symmetric_infonce,
 )
-from ssl_diffusion.methods.ema import clone_frozen
+from ssl_diffusion.methods.ema import batchnorm_batch_stats, clone_frozen
 from ssl_diffusion.models import build_denoiser
 from ssl_diffusion.models.base import arm_module_rng
 from ssl_diffusion.registry import METHODS
@@ -279,9 +279,11 @@ class DDAE(SSLMethod):
         else:
             z = self._vector(self.net, views, c.student_sigma, aug, labels2)  # (2N, D)
         q1, q2 = self.predictor(self.projector(z)).chunk(2)  # (N, P) each
-        with torch.no_grad():
+        teacher = self._teacher()
+        with torch.no_grad(), batchnorm_batch_stats(teacher, self.teacher_projector,
+                                                    enabled=c.teacher_bn == "batch"):
             teacher_sigma = c.teacher_sigma if c.teacher_sigma is not None else c.student_sigma
-            zt = self._vector(self._teacher(), views, teacher_sigma, aug, labels2)
+            zt = self._vector(teacher, views, teacher_sigma, aug, labels2)
             k1, k2 = self.teacher_projector(zt).chunk(2)
         l_cl = symmetric_infonce(q1, q2, k1, k2, c.temperature)
         lam = self._lambda()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_diffusion.errors import UserError
 from ssl_diffusion.diffusion.noise import from_sigma, to_sigma
+from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.features import FeatureExtractor, checkpoint_sha1
 from ssl_diffusion.eval.spec import FeatureSpec
 
