@@ -223,6 +223,7 @@ def test_node_simulation_then_collect(tmp_path, monkeypatch):
         with np.load(out_dir / run["samples"]["file"]) as z:
             assert z["images"].dtype == np.uint8 and z["images"].shape == (16, 1, 28, 28)
             assert z["seeds"].tolist() == list(range(16))
+            assert {"pred__test_linear_pred", "pred__test_knn_pred"} <= set(z.files)
     # per-image seeds: the same seeds give different images for different weights
     with (np.load(out_dir / "samples-ddae_dit-s0.npz") as a,
           np.load(out_dir / "samples-ddae_dit-s1.npz") as b):
@@ -255,6 +256,14 @@ def test_node_simulation_then_collect(tmp_path, monkeypatch):
     for metric, key in (("fid", "fid"), ("linear_top1", "sweep_linear_top1")):
         want = [by_name[f"ddaepp_dit-s{s}"][key] - by_name[f"ddae_dit-s{s}"][key] for s in (0, 1)]
         assert entry["across_seeds"][metric]["diffs"] == pytest.approx(want)
+    # McNemar within each seed on the predictions the node carried: b and c from the raw arrays
+    for seed in (0, 1):
+        with (np.load(out_dir / f"samples-ddae_dit-s{seed}.npz") as za,
+              np.load(out_dir / f"samples-ddaepp_dit-s{seed}.npz") as zb):
+            ok_a = za["pred__test_linear_pred"] == za["pred__test_linear_label"]
+            ok_b = zb["pred__test_linear_pred"] == zb["pred__test_linear_label"]
+        test = entry["within_seed"][str(seed)]["linear_top1"]
+        assert (test["b"], test["c"]) == (int((ok_a & ~ok_b).sum()), int((~ok_a & ok_b).sum()))
     md = (report / "comparison.md").read_text()
     assert "## Paired differences (B - A)" in md and "95% t-interval" in md
     assert "Raw pixels" in md and "MFU (probe, steady)" in md

@@ -7,9 +7,9 @@ the Fashion-MNIST train split from the kit, cached in ``eval.fid.cache_dir``), a
 comparison report into ``--report``: ``comparison.md`` (mean ± std per arm, raw pixels, per-run
 rows, the paired differences ddaepp - ddae per seed with their mean, std and 95% t-interval
 (``app.paired``, the comparison tool's own), the node's GPU, throughput and MFU),
-``comparison.json`` and ``comparison.png``. The example-level paired tests of the comparison tool
-(McNemar on test predictions, the generation bootstrap) are not run: the node does not bring
-back the predictions, and the Inception features are not kept.
+``comparison.json`` and ``comparison.png``. Within each seed, McNemar's test runs on the sweep's
+test predictions that the node carries in the samples files; the comparison tool's paired
+generation bootstrap does not (the Inception features of the samples are not kept).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from benchmarks.gpu_kit.kit import read_kit, unpack_kit
-from benchmarks.gpu_kit.node import ENV_FILE, METRICS_FILE, RECIPES
-from ssl_diffusion.atomic import atomic_write_text
+from benchmarks.gpu_kit.node import ENV_FILE, METRICS_FILE, PRED_PREFIX, RECIPES
+from ssl_diffusion.atomic import atomic_write, atomic_write_text
 from ssl_diffusion.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +61,19 @@ def local_overrides(node_overrides: list[str], data_root: Path) -> list[str]:
     drop = ("data.root=", "run.root=", "trainer.", "data.num_workers=")
     return [o for o in node_overrides if not o.startswith(drop)] + [
         f"data.root={data_root}", "trainer.accelerator=cpu", "data.num_workers=0"]
+
+
+def restore_predictions(samples: Path, run_dir: Path) -> bool:
+    """Write the sweep's test predictions carried in ``samples`` to
+    ``run_dir/predictions/sweep.npz``, where ``app.paired`` reads them (McNemar per seed)."""
+    with np.load(samples) as z:
+        arrays = {k.removeprefix(PRED_PREFIX): z[k] for k in z.files if k.startswith(PRED_PREFIX)}
+    if not arrays:
+        return False
+    path = run_dir / "predictions" / "sweep.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return True
 
 
 def load_samples(path: Path) -> np.ndarray:
@@ -194,6 +207,9 @@ def collect(opts: CollectOptions) -> dict:
     opts.report.mkdir(parents=True, exist_ok=True)
     fids = fid_of_runs(metrics, opts, overrides)
     records = records_of(metrics, fids, opts.report)
+    for run in metrics["runs"]:
+        if run.get("samples"):
+            restore_predictions(opts.node_dir / run["samples"]["file"], opts.report / run["name"])
     seeds = sorted({r.seed for r in records})
     copts = CompareOptions(out=opts.report, seeds=seeds, overrides=overrides, command=opts.command)
     raw = None
@@ -203,8 +219,8 @@ def collect(opts: CollectOptions) -> dict:
         except Exception as exc:  # noqa: BLE001 - the baseline must not lose the report
             raw = {"error": f"{type(exc).__name__}: {exc}"}
     agg = aggregate(records)
-    # across seeds only: the example-level tests (McNemar, generation bootstrap) need the test
-    # predictions and Inception features of each run, which the node does not bring back
+    # across seeds, and McNemar within each seed on the restored test predictions; the
+    # generation bootstrap needs each run's Inception features, which are not kept here
     paired = paired_analysis(records, RECIPES[0], copts.bootstrap_resamples)
     md = opts.report / "comparison.md"
     write_markdown(md, agg, records, copts, env, None, paired)  # raw pixels: own line below

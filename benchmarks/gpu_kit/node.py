@@ -12,7 +12,7 @@ within a wall-clock budget (600 s by default, start to finish):
    images from the EMA weights, image i from seed i, quantised to uint8;
 4. write at most 8 files to ``$OUT``: ``node_metrics.json``, ``environment.json``,
    ``node_log.txt`` and one ``samples-<arm>-s<seed>.npz`` per arm (compressed; ``images`` uint8
-   (N, C, H, W), ``seeds``).
+   (N, C, H, W), ``seeds``, and the sweep's test predictions as ``pred__*`` for McNemar).
 
 A watchdog writes what exists and exits 3 shortly before the budget ends, so the command always
 ends in time and always leaves its metrics and log. FID/KID are not computed here (the node has
@@ -162,13 +162,21 @@ def _overrides(opts: NodeOptions, data_root: Path, cuda: bool, compiled: bool) -
             f"data.num_workers={opts.num_workers}", "trainer.last_ckpt_every_n_steps=2000"]
 
 
-def save_samples(path: Path, images: np.ndarray, seeds: list[int]) -> Path:
-    """uint8 (N, C, H, W) images and their seeds as a compressed ``.npz`` (written atomically)."""
+PRED_PREFIX = "pred__"  # samples-*.npz keys carrying the sweep's test predictions (McNemar)
+
+
+def save_samples(path: Path, images: np.ndarray, seeds: list[int],
+                 predictions: dict[str, np.ndarray] | None = None) -> Path:
+    """uint8 (N, C, H, W) images, their seeds and (optionally) the sweep's test-set predictions
+    (``PRED_PREFIX`` + key of ``predictions/sweep.npz``) as one compressed ``.npz``: the node
+    brings back at most 8 files, so each arm's per-example outputs travel together."""
+    extra = {PRED_PREFIX + k: v for k, v in (predictions or {}).items()}
     return atomic_write(path, lambda f: np.savez_compressed(
-        f, images=images, seeds=np.asarray(seeds, dtype=np.int64)))
+        f, images=images, seeds=np.asarray(seeds, dtype=np.int64), **extra))
 
 
 def _samples(ckpt: Path, n: int, batch: int, path: Path) -> dict:
+    """Generate, then save with the sweep's test predictions when the sweep wrote them."""
     from ssl_diffusion.app.generation import generate_uint8, generation_protocol
     from ssl_diffusion.app.loading import load_method
 
@@ -179,8 +187,14 @@ def _samples(ckpt: Path, n: int, batch: int, path: Path) -> dict:
     images = torch.cat(list(generate_uint8(method, seeds, loaded.cfg.sampler, batch_size=batch,
                                            use_ema=True, progress=False))).numpy()
     seconds = time.monotonic() - t0
-    save_samples(path, images, seeds)
+    pred_file = ckpt.parent / "predictions" / "sweep.npz"
+    predictions = None
+    if pred_file.is_file():
+        with np.load(pred_file) as z:
+            predictions = {k: z[k] for k in z.files}
+    save_samples(path, images, seeds, predictions)
     return {"file": path.name, "n": n, "shape": list(images.shape), "time_s": round(seconds, 2),
+            "predictions": sorted(predictions or {}),
             "images_per_s": round(n / seconds, 1),
             "protocol": generation_protocol(method, seeds, loaded.cfg.sampler, True, None)}
 
@@ -414,6 +428,7 @@ def options_from_env(out: str | None) -> Path:
 
 
 __all__ = [
+    "PRED_PREFIX",
     "RECIPES",
     "TINY",
     "NodeOptions",
