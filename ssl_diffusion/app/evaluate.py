@@ -114,8 +114,8 @@ def _sizes(extractor: FeatureExtractor, limit: int | None) -> dict[str, int]:
 
 
 def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_classes: int,
-                    knn_cfg: KNNConfig) -> dict:
-    """kNN with ``train`` as the bank.
+                    knn_cfg: KNNConfig, device: torch.device | str | None = None) -> dict:
+    """kNN with ``train`` as the bank (the torch backend searches on ``device``; None = CPU).
 
     Returns ``<split>_top1`` / ``<split>_top5`` (at ``report_k``) and, per split, the
     evaluator's full output ``<split>: {"knn_top1", "knn_top5", "knn_top1@k<k>", ...}``.
@@ -123,8 +123,9 @@ def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_class
     evaluator = KNNEvaluator(knn_cfg)
     out: dict[str, Any] = {}
     protocol: dict[str, Any] = {}
+    bank = torch.as_tensor(train.feats).to(device or "cpu")
     for split, fs in queries.items():
-        res = evaluator.evaluate(train.feats, train.labels, fs.feats, fs.labels, num_classes)
+        res = evaluator.evaluate(bank, train.labels, fs.feats, fs.labels, num_classes)
         protocol = res.pop("protocol")
         out.setdefault("predictions", {})[split] = res.pop("predictions")
         out[f"{split}_top1"], out[f"{split}_top5"] = res["knn_top1"], res["knn_top5"]
@@ -194,7 +195,7 @@ def _evaluate(kind: str, ckpt: Checkpoint, overrides: Sequence[str], splits: Seq
     evals = {s: ex.extract(s, spec, limit=limit) for s in splits}
     n_cls = loaded.info.num_classes
     if kind == "knn":
-        result = knn_on_features(train, evals, n_cls, cfg.eval.knn)
+        result = knn_on_features(train, evals, n_cls, cfg.eval.knn, ex.device)
         protocol = {"bank": "train", "bank_size": len(train), **result.pop("protocol")}
     else:
         result = linear_on_features(train, evals, n_cls, cfg.eval.linear, ex.device)
@@ -321,7 +322,8 @@ def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequen
         for name in layers:
             for m in sw.metrics_of(metric):
                 if m == "knn":
-                    res = knn_on_features(train[name], {"val": val[name]}, n_cls, cfg.eval.knn)
+                    res = knn_on_features(train[name], {"val": val[name]}, n_cls, cfg.eval.knn,
+                                          ex.device)
                 else:
                     res = linear_on_features(train[name], {"val": val[name]}, n_cls, linear_cfg,
                                              ex.device)
@@ -340,7 +342,7 @@ def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequen
         out = {}
         for m in sw.metrics_of(metric):
             if m == "knn":
-                res = knn_on_features(train, {"test": test}, n_cls, cfg.eval.knn)
+                res = knn_on_features(train, {"test": test}, n_cls, cfg.eval.knn, ex.device)
             else:
                 res = linear_on_features(train, {"test": test}, n_cls, linear_cfg, ex.device)
             out[m] = {"test_top1": res["test_top1"], "test_top5": res["test_top5"]}

@@ -28,7 +28,7 @@ from ssl_diffusion.data.datasets import Splits, build_splits
 from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.data.module import SSLDataModule
 from ssl_diffusion.data.transforms import eval_transform, train_transform
-from ssl_diffusion.errors import UserError
+from ssl_diffusion.errors import UserError, require
 from ssl_diffusion.methods.base import SSLMethod
 from ssl_diffusion.registry import METHODS
 
@@ -79,10 +79,20 @@ def build_datamodule(cfg: Config, splits: Splits, method_cls: type) -> SSLDataMo
     return SSLDataModule(cfg, splits, train_tf, eval_tf)
 
 
+def wandb_wanted(cfg: Config) -> bool:
+    """Whether the wandb logger is on; then wandb must be installed (it is optional: an
+    air-gapped node has none), else a one-line error before any file is written."""
+    w = cfg.logger.wandb
+    if not (w.enabled and w.mode != "disabled"):
+        return False
+    require("wandb", "logger.wandb.enabled=true (set logger.wandb.enabled=false to skip)")
+    return True
+
+
 def _loggers(cfg: Config, run_dir: Path, name: str, rank_zero: bool = True) -> list:
     loggers = [ResumableCSVLogger(run_dir)]
     w = cfg.logger.wandb
-    if w.enabled and w.mode != "disabled":
+    if wandb_wanted(cfg):
         from pytorch_lightning.loggers import WandbLogger  # wandb is optional (air-gapped nodes)
 
         id_file = run_dir / "wandb_id.txt"
@@ -181,6 +191,7 @@ def _pretrain(cfg: Config, recipe: str | Path | None) -> dict[str, Any]:
     # eval.fid is checked (method can generate, Inception weights found) before any file is written
     fid_cbs = fid_callbacks(cfg, method, Path(cfg.run.root) / run_name(cfg, recipe), splits)
     check_trainer_config(cfg)
+    wandb_wanted(cfg)
     if cfg.trainer.compile:
         method.compile_networks()  # nn.Module.compile: in place, checkpoint keys unchanged
     run_dir = Path(cfg.run.root) / run_name(cfg, recipe)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from torchvision import transforms as T
 
 from ssl_diffusion.data.info import DataInfo
-from ssl_diffusion.errors import UserError
+from ssl_diffusion.errors import UserError, require
 
 PRESETS = ("simclr", "dino", "diffusion", "eval")
 Normalization = Literal["dataset", "symmetric"]
@@ -60,8 +60,8 @@ def train_transform(preset: str, info: DataInfo, aug: Any, kind: Normalization) 
     size = info.image_size
     norm = normalization(info, kind)
     if preset == "simclr":
-        from lightly.transforms import SimCLRTransform
-
+        # lightly is optional: only the simclr/dino view pipelines use it
+        SimCLRTransform = require("lightly.transforms", "aug.preset=simclr").SimCLRTransform
         return SimCLRTransform(
             input_size=size,
             cj_prob=aug.cj_prob,
@@ -73,7 +73,7 @@ def train_transform(preset: str, info: DataInfo, aug: Any, kind: Normalization) 
             normalize=norm,
         )
     if preset == "dino":
-        from lightly.transforms import DINOTransform
+        DINOTransform = require("lightly.transforms", "aug.preset=dino").DINOTransform
 
         blur = _blur_prob(aug, size)
         return DINOTransform(
