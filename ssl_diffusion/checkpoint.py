@@ -34,6 +34,7 @@ class AtomicCheckpoint(pl.Callback):
         self.periodic = periodic_every_n_steps
         self.datamodule = datamodule
         self.batches_in_epoch = 0
+        self.epoch = 0  # the epoch those batches belong to
         self._pending_rng: dict | None = None
         self._saved_step = -1  # global step of the last last.ckpt written by this run
         self.enabled = True  # switched off after a failure so a broken state is never saved
@@ -69,7 +70,7 @@ class AtomicCheckpoint(pl.Callback):
             self._pending_rng = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.batches_in_epoch = batch_idx + 1
+        self.batches_in_epoch, self.epoch = batch_idx + 1, trainer.current_epoch
         step = trainer.global_step
         if self.periodic and step % self.periodic == 0 and step > 0:
             self.save(trainer, self.run_dir / f"step-{step:07d}.ckpt")
@@ -92,7 +93,8 @@ class AtomicCheckpoint(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # Called on every rank (Trainer.save_checkpoint is collective); rank 0 writes the file.
-        state = {"batches_in_epoch": self.batches_in_epoch, "rng": get_rng_state()}
+        state = {"batches_in_epoch": self.batches_in_epoch, "epoch": self.epoch,
+                 "rng": get_rng_state()}
         if _world_size() > 1:  # each rank draws its own stream (SSLMethod.on_train_start)
             per_rank: list[Any] = [None] * _world_size()
             dist.all_gather_object(per_rank, state["rng"])
@@ -101,6 +103,8 @@ class AtomicCheckpoint(pl.Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batches_in_epoch = int(state.get("batches_in_epoch", 0))
+        epoch = state.get("epoch")  # absent in older checkpoints: the first epoch iterated
+        self.epoch = int(epoch) if epoch is not None else 0
         world, per_rank = _world_size(), state.get("rng_per_rank")
         if world == 1:
             self._pending_rng = state.get("rng")
@@ -109,7 +113,7 @@ class AtomicCheckpoint(pl.Callback):
         else:  # another device count: the streams cannot continue; keep the fresh per-rank seeds
             self._pending_rng = None
         if self.datamodule is not None and self.batches_in_epoch:
-            self.datamodule.resume_from_batch(self.batches_in_epoch)
+            self.datamodule.resume_from_batch(self.batches_in_epoch, None if epoch is None else int(epoch))
 
 
 def _world_size() -> int:
