@@ -56,7 +56,12 @@ class AtomicCheckpoint(pl.Callback):
         # and sharded strategies write from every rank), so the temporary name must be the same
         # on all ranks rather than a per-process mkstemp name; Lightning writes the file.
         tmp = path.with_name(f".{path.name}.tmp")
-        trainer.save_checkpoint(tmp)
+        try:
+            trainer.save_checkpoint(tmp)
+        except OSError as exc:  # a write error (disk full, ulimit -f) carries no file name
+            if exc.filename is None:
+                exc.filename = str(tmp)
+            raise
         if trainer.is_global_zero:
             os.replace(tmp, path)
         if path == self.last_path:

@@ -234,7 +234,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml_text(text: str, source: str) -> Any:
     """Parse YAML (safe, duplicate keys refused); errors are one line naming ``source``."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

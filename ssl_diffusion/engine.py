@@ -22,8 +22,9 @@ from ssl_diffusion.data.datasets import DataInfo, Splits, build_splits
 from ssl_diffusion.data.module import SSLDataModule
 from ssl_diffusion.data.transforms import eval_transform, train_transform
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.registry import METHODS
 from ssl_diffusion.file_lock import RunLock
+from ssl_diffusion.loggers import check_metrics_csv, check_wandb_online
+from ssl_diffusion.registry import METHODS
 from ssl_diffusion.resources import check_resources
 from ssl_diffusion.run import (
     clean_stale_temporaries,
@@ -195,6 +196,7 @@ def _pretrain(cfg: Any, recipe: str | Path | None) -> dict[str, Any]:
     quiet_lightning()
     run_dir = run_directory(cfg, recipe)  # run.name / run.root errors before any work
     check_resources(cfg)
+    check_wandb_online(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     splits = build_splits(cfg.data)  # data errors surface before any file is written
     method_cls = method_class(cfg)
@@ -218,6 +220,8 @@ def _pretrain(cfg: Any, recipe: str | Path | None) -> dict[str, Any]:
     try:
         state = inspect_run_dir(cfg, run_dir)
         resume_step = None if state.move_aside else _resume_step(cfg, method, run_dir)
+        if resume_step is not None:
+            check_metrics_csv(run_dir / "metrics.csv")
         if rank_zero:
             if state.move_aside:
                 lock.release()

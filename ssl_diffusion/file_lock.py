@@ -88,12 +88,6 @@ class RunLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 @contextlib.contextmanager
 def locked(path: str | Path) -> Iterator[None]:

@@ -33,6 +33,8 @@ from ssl_diffusion.eval.features import (
     is_diffusion,
     is_rank_zero,
 )
+from ssl_diffusion.file_lock import locked
+from ssl_diffusion.os_errors import check_writable
 
 QUERY_SPLITS = ("val", "test")
 
@@ -75,10 +77,11 @@ def store(run_dir: Path, key: str, entry: dict) -> None:
     """
     if not is_rank_zero():
         return
-    current = read_metrics(run_dir)
-    current[key] = entry
-    atomic_write_text(Path(run_dir) / "metrics.json",
-                      json.dumps(current, indent=2, sort_keys=True) + "\n")
+    with locked(Path(run_dir) / "metrics.json"):  # concurrent evaluations lose no key
+        current = read_metrics(run_dir)
+        current[key] = entry
+        atomic_write_text(Path(run_dir) / "metrics.json",
+                          json.dumps(current, indent=2, sort_keys=True) + "\n")
 
 
 def checkpoint_info(loaded: Any, extractor: FeatureExtractor) -> dict:
@@ -158,6 +161,10 @@ def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[s
     loaded = load(ckpt, overrides)
     splits = _check_splits(splits)
     cfg = loaded.cfg
+    if write_metrics:  # a result that cannot be stored is found before the slow work
+        check_writable(run_dir_of(loaded), "metrics.json",
+                       "copy the checkpoint to a writable folder and evaluate that copy")
+        read_metrics(run_dir_of(loaded))
     ex = _extractor(loaded, progress, batch_size, device, cache)
     # The evaluators' own checks, before the (slow, cached) feature extraction.
     if kind == "linear":
