@@ -401,7 +401,7 @@ def test_wandb_online_without_a_key_fails_before_any_file(cli, recipe, tmp_path,
 
 
 def test_main_compare_exits_non_zero_when_a_run_failed(tmp_path, monkeypatch, capsys):
-    import ssl_diffusion.compare as compare
+    from ssl_diffusion import compare
 
     spec = importlib.util.spec_from_file_location("main_compare", ROOT / "main_compare.py")
     main_compare = importlib.util.module_from_spec(spec)
