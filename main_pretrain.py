@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(dump_config(cfg), end="")
         return 0
-    from ssl_diffusion.engine import pretrain
+    from ssl_diffusion.app.pretrain import pretrain
 
     result = pretrain(cfg, args.config)
     if result["global_rank"] != 0:  # DDP: the other ranks ran the same command; rank 0 reports

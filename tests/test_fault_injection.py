@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_diffusion.checkpoint import load_checkpoint_file
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.checkpoint import load_checkpoint_file
+from ssl_diffusion.app.cli import run_cli
+from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.config import load_config
-from ssl_diffusion.engine import pretrain
 from tests.conftest import TINY
 
 STEPS = 12  # 3 epochs of 4 batches

@@ -35,12 +35,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from ssl_diffusion import engine
-from ssl_diffusion.checkpoint import META_KEY, load_checkpoint_file
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app import pretrain as engine
+from ssl_diffusion.app.checkpoint import META_KEY, load_checkpoint_file
+from ssl_diffusion.app.cli import run_cli
+from ssl_diffusion.app.file_lock import RunLock
 from ssl_diffusion.config import load_config
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.file_lock import RunLock
 from tests.conftest import ROOT, TINY, subprocess_env
 
 
@@ -250,7 +250,7 @@ def test_a_second_process_on_a_run_directory_names_the_holder(cli, recipe, tmp_p
 
 
 def test_concurrent_metrics_json_updates_lose_no_key(tmp_path):
-    code = ("import sys; from ssl_diffusion.run import update_metrics\n"
+    code = ("import sys; from ssl_diffusion.app.run_dir import update_metrics\n"
             "for i in range(40): update_metrics(sys.argv[1], {'k': {f'{sys.argv[2]}-{i}': i}})\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(p)],
                               env=subprocess_env()) for p in range(4)]
@@ -309,7 +309,7 @@ def _capture(outcome: list, fn, *args) -> None:
 def test_shared_defaults_fragments_are_resolved_once(tmp_path, monkeypatch):
     """10 fragments per level, each level's fragments all include the next level's 10, 9 levels
     deep: 10**9 paths through the graph, 91 files."""
-    from ssl_diffusion import config
+    from ssl_diffusion.config import loader as config
 
     width, depth = 10, 9
     for level in range(depth):
@@ -401,7 +401,7 @@ def test_wandb_online_without_a_key_fails_before_any_file(cli, recipe, tmp_path,
 
 
 def test_main_compare_exits_non_zero_when_a_run_failed(tmp_path, monkeypatch, capsys):
-    from ssl_diffusion import compare
+    from ssl_diffusion.app import compare
 
     spec = importlib.util.spec_from_file_location("main_compare", ROOT / "main_compare.py")
     main_compare = importlib.util.module_from_spec(spec)

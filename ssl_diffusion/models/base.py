@@ -7,14 +7,35 @@ return pooled features of any named layer ("feature taps") on the way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
+
+from ssl_diffusion.errors import UserError, did_you_mean
 
 if TYPE_CHECKING:
     from ssl_diffusion.models.selfcond import SelfCondOutput
+
+
+@contextmanager
+def arm_module_rng(tag: str) -> Iterator[None]:
+    """Build (and initialise) a module that only some arms of a comparison have.
+
+    Paired comparisons need every arm (ddae, ddaepp, ddaepp + self-distillation, any knob
+    ablation) to start from identical base weights for one seed. Modules built inside this
+    context draw from their own CPU generator, seeded from the global seed and ``tag``, and the
+    global RNG is restored afterwards, so the base network's draws (and every later draw) are
+    the same whether or not the extra module exists.
+    """
+    seed = (torch.initial_seed() + zlib.crc32(tag.encode())) % 2**63
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass
@@ -54,8 +75,6 @@ class Denoiser(nn.Module):
     default_feature_layer: str  # feature tap for eval.features.layer="auto"
 
     def check_layer(self, name: str) -> str:
-        from ssl_diffusion.errors import UserError, did_you_mean
-
         if name not in self.layer_names:
             raise UserError(
                 f"unknown layer `{name}` for {type(self).__name__}; valid layers: "
@@ -78,8 +97,6 @@ class Denoiser(nn.Module):
         last = self.layer_names.index(self.check_layer(stop_after))
         late = [n for n in self.layer_names[last + 1 :] if n in wanted]
         if late:
-            from ssl_diffusion.errors import UserError
-
             raise UserError(
                 f"taps {late} lie after stop_after=`{stop_after}`; drop them or stop later"
             )
@@ -87,8 +104,6 @@ class Denoiser(nn.Module):
 
     def resolve_source_layer(self, name: str) -> str:
         """Self-conditioning source: "auto" -> ``default_source_layer``; else a valid layer name."""
-        from ssl_diffusion.errors import UserError, did_you_mean
-
         if name == "auto":
             return self.default_source_layer
         if name not in self.layer_names:

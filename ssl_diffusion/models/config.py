@@ -103,16 +103,21 @@ class SelfCondConfig:
     enabled: bool | None = None  # on/off; None = the method's default (ddaepp on, ddae off)
     source_layer: str = "auto"  # rerouted layer name; auto = arch default (mid-network) [INF]
     pool: Literal["mean", "attn", "cls"] = "mean"  # mean (spec §2.2) | attn | cls (UViT time tok)
-    norm: Literal["none", "ln"] = "ln"  # LayerNorm on the pooled vector before the MLP [UNK]
+    norm: Literal["none", "ln"] = "none"  # LayerNorm on the pooled vector (spec §2.2: none) [UNK]
     mlp_depth: int = 2  # Linear layers in the MLP (2 = Linear-SiLU-Linear, spec §2.2) [INF]
-    mlp_width: int | None = None  # hidden width of the MLP; None = the cond dim [INF]
-    # g(t), spec §2.4 [INF]: vector = Linear(t_emb) per channel | scalar = tanh(Linear(t_emb)) | 1
-    time_scale: Literal["none", "vector", "scalar"] = "vector"  # time-adaptive scale of s
+    # Hidden width of the MLP; None = half the cond dim, so the default costs <= 1% parameters
+    # on DiT-S/2, DiT-B/2, DDPM++ and UViT-S/2 (docs/selfcond_defaults.md; spec: cond dim) [INF]
+    mlp_width: int | None = None
+    # g(t), spec §2.4 [INF]: vector = Linear(t_emb) per channel | scalar = tanh(Linear(t_emb)) | 1.
+    # Default scalar: the vector gate alone adds D^2 parameters (1.37% on DiT-B/2 in total).
+    time_scale: Literal["none", "vector", "scalar"] = "scalar"  # time-adaptive scale of s
     zero_init: bool = True  # zero g (or the last MLP layer if time_scale=none): step 0 = baseline
     detach: bool = False  # stop the s-path gradient into the source (spec §2.5: it flows) [UNK]
     targets: Literal["all", "decoder", "final"] = "all"  # later layers / 2nd half / DiT final only
     drop_prob: float = 0.0  # per-sample probability of zeroing s in training [UNK]
-    uvit_mode: Literal["add_time", "token"] = "add_time"  # UViT: s into time token | extra token
+    # UViT: s added to the time token (exact baseline at init) | appended as an extra token (NOT
+    # exact at init: the zero token still enters the attention softmax; models/uvit.py) [INF]
+    uvit_mode: Literal["add_time", "token"] = "add_time"
 
     def validate(self) -> None:
         """Range checks that need no model; the source layer is checked by the builder."""

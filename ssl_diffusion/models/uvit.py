@@ -8,9 +8,19 @@ skip from its mirrored in-block with Linear(2D -> D). A final LayerNorm + Linear
 maps patch tokens back to pixels. UViT-S/2 at 32 px has 44,255,328 parameters (author's code).
 
 Self-conditioning (spec §2.2c, [INF]): s is pooled from the *patch* tokens of the source
-block and either added to the time token (``uvit_mode="add_time"``, exact baseline at init
-with zero_init) or appended as an extra token (``"token"``; the extra token has no long-skip
-partner, so its skip half is zero, and it is dropped before the output head).
+block and either added to the time token (``uvit_mode="add_time"``, the default: exactly the
+baseline at init with zero_init) or appended as an extra token (``"token"``; the extra token has
+no long-skip partner, so its skip half is zero, and it is dropped before the output head).
+
+``token`` mode is NOT the baseline at init, even with zero_init: the appended token is s = 0,
+but it is still a key in every later block's attention, where its logit q.k = 0 adds exp(0) to
+each softmax normaliser and shrinks the weights of the real tokens (and the blocks then write
+into that token, so it is non-zero from the second target block on). Step 0 therefore differs
+from ``ddae``: UViT-S/2 at 32 px, same seed, 4 random inputs: max |output difference| 1.9e-3,
+mean 5.1e-4 (add_time: 0 exactly); docs/selfcond_defaults.md and
+``tests/models/test_selfcond.py::test_uvit_step0_exact_for_add_time_but_not_for_token_mode``.
+Making it exact would need a gated or masked attention path, which the author's U-ViT does not
+have; use ``add_time`` for paired comparisons that rely on an identical step 0.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.models.base import Denoiser, DenoiserOutput
+from ssl_diffusion.models.base import Denoiser, DenoiserOutput, arm_module_rng
 from ssl_diffusion.models.config import SelfCondConfig
 from ssl_diffusion.models.layers import (
     Attention,
@@ -93,7 +103,6 @@ class UViT(Denoiser):
         self.width, self.grid = width, image_size // patch_size
         self.num_patches = self.grid**2
         self.patch_embed = PatchEmbed(in_channels, width, patch_size)
-        self.aug_embed = nn.Linear(aug_dim, width, bias=False) if aug_dim > 0 else None
         # Unconditional nets carry no label token (author's code): only the time token.
         self.y_embed = LabelEmbedding(num_classes, width) if num_classes > 0 else None
         self.extras = 1 + (self.y_embed is not None)
@@ -116,9 +125,16 @@ class UViT(Denoiser):
         self.selfcond: SelfConditioning | None = None
         self.sc_source = self.sc_first_target = -1
         self.sc_mode = "add_time"
+        self.initialize_weights()  # base network first: the same draws in every arm
+        self.aug_embed: nn.Linear | None = None
+        if aug_dim > 0:
+            with arm_module_rng("aug_embed"):
+                # Bias-free projection of the aug labels into the time token (zero aug -> +0).
+                self.aug_embed = nn.Linear(aug_dim, width, bias=False)
+                nn.init.trunc_normal_(self.aug_embed.weight, std=0.02)
         if selfcond is not None and selfcond.enabled:
-            self._setup_selfcond(selfcond)
-        self.initialize_weights()
+            with arm_module_rng("selfcond"):
+                self._setup_selfcond(selfcond)
 
     def _setup_selfcond(self, cfg: SelfCondConfig) -> None:
         cfg.validate()
@@ -142,8 +158,8 @@ class UViT(Denoiser):
     def initialize_weights(self) -> None:
         """Truncated-normal(0.02) Linear weights and positions, zero biases (U-ViT / ViT init)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and not name.startswith("selfcond"):
+        for m in self.modules():  # called before the arm-specific modules exist
+            if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

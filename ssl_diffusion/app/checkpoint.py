@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.errors import UserError
-
-META_KEY = "ssl_diffusion"  # checkpoint entry holding method, config and data info
+from ssl_diffusion.methods.base import META_KEY
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -258,10 +259,6 @@ def _check_contents(ckpt: dict[str, Any], path: Path) -> None:
 
 
 def _valid_data_info(info: dict[str, Any]) -> bool:
-    from dataclasses import fields
-
-    from ssl_diffusion.data.datasets import DataInfo
-
     names = {f.name for f in fields(DataInfo)}
     required = {f.name for f in fields(DataInfo) if f.name != "class_names"}
     return required <= set(info) <= names

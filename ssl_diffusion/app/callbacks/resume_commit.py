@@ -14,8 +14,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from ssl_diffusion.loggers import truncate_metrics_csv
-from ssl_diffusion.run import write_config
+from ssl_diffusion.app.loggers import truncate_metrics_csv
+from ssl_diffusion.app.run_dir import write_config
 
 
 class CommitResume(pl.Callback):

@@ -12,20 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# atomic_write_text is used here and stays importable from ssl_diffusion.run
+from ssl_diffusion.app.file_lock import locked
+
+# atomic_write_text is used here and stays importable from ssl_diffusion.app.run_dir
 from ssl_diffusion.atomic import atomic_write_text
-from ssl_diffusion.config import dump_config, to_dict
+from ssl_diffusion.config import Config, deep_merge, dump_config, resume_safe_keys, to_dict
+from ssl_diffusion.config.loader import load_yaml_text
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.file_lock import locked
 
 # Keys that may change between invocations of the same run (length, hardware, evaluation,
-# logging); anything else means the directory belongs to a different experiment.
-MUTABLE_PREFIXES = (
-    "run.", "logger.", "eval.", "trainer.max_steps", "trainer.max_epochs", "trainer.accelerator",
-    "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.progress_bar",
-    "trainer.log_every_n_steps", "trainer.ckpt_every_n_steps", "trainer.last_ckpt_every_n_steps",
-    "trainer.on_nonfinite", "data.num_workers", "data.root", "data.download",
-)
+# logging) are marked on the config fields themselves (``config.sections.resumable``); anything
+# else means the directory belongs to a different experiment.
+RESUME_SAFE = tuple(resume_safe_keys(Config))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -42,8 +40,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
     a, b = _flatten(old), _flatten(new)
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key.startswith(MUTABLE_PREFIXES):
+        if key in RESUME_SAFE or key.startswith(tuple(k for k in RESUME_SAFE if k.endswith("."))):
             continue
+        if key == "trainer.schedule_steps" and a.get(key) is None:
+            continue  # pinned when a run is extended (pin_schedule), not a different experiment
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             diffs.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
     return diffs
@@ -69,7 +69,7 @@ def check_run_name(name: str, key: str = "run.name") -> str:
     return name
 
 
-def run_name(cfg: Any, recipe: str | Path | None) -> str:
+def run_name(cfg: Config, recipe: str | Path | None) -> str:
     if cfg.run.name:
         return check_run_name(cfg.run.name)
     if recipe:
@@ -77,7 +77,7 @@ def run_name(cfg: Any, recipe: str | Path | None) -> str:
     return cfg.method
 
 
-def run_directory(cfg: Any, recipe: str | Path | None) -> Path:
+def run_directory(cfg: Config, recipe: str | Path | None) -> Path:
     """``run.root/<run name>``, after checking that neither is a file (nothing is created)."""
     root = Path(cfg.run.root)
     if root.exists() and not root.is_dir():
@@ -92,6 +92,11 @@ def run_directory(cfg: Any, recipe: str | Path | None) -> Path:
     return run_dir
 
 
+def _saved_config(path: Path) -> dict:
+    """The saved config for reading schedule lengths; a damaged one is a ``UserError``."""
+    return read_saved_config(path)
+
+
 @dataclass
 class RunDirState:
     """What an existing run directory holds, read without changing it."""
@@ -103,8 +108,6 @@ class RunDirState:
 
 def read_saved_config(path: Path) -> dict:
     """The run's saved ``config.yaml`` as a dict; a damaged one is a ``UserError`` saying so."""
-    from ssl_diffusion.config import load_yaml_text
-
     try:
         data = load_yaml_text(path.read_text(), str(path))
     except UserError as exc:
@@ -119,7 +122,7 @@ def read_saved_config(path: Path) -> dict:
     return data
 
 
-def inspect_run_dir(cfg: Any, run_dir: Path) -> RunDirState:
+def inspect_run_dir(cfg: Config, run_dir: Path) -> RunDirState:
     """Validate an existing run directory for this command without touching it: its config
     (same experiment, readable) and its ``metrics.json`` (valid JSON)."""
     if not run_dir.is_dir():
@@ -140,7 +143,7 @@ def inspect_run_dir(cfg: Any, run_dir: Path) -> RunDirState:
             )
         if diffs:
             return RunDirState(run_dir, True, True)
-    read_metrics_json(run_dir / "metrics.json")
+    read_metrics(run_dir)
     return RunDirState(run_dir, True, False)
 
 
@@ -167,11 +170,45 @@ def clean_stale_temporaries(run_dir: Path) -> list[Path]:
     return removed
 
 
-def write_config(cfg: Any, run_dir: Path) -> None:
+def write_config(cfg: Config, run_dir: Path) -> None:
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
 
-def prepare_run_dir(cfg: Any, recipe: str | Path | None) -> Path:
+
+
+def pin_schedule(cfg: Config, recipe: str | Path | None) -> None:
+    """Extending a run keeps its lr and teacher-momentum schedules as they were.
+
+    Both schedules span ``trainer.schedule_steps`` (None = the run's length). When a run is
+    resumed with another ``trainer.max_steps``, the length of its first leg is pinned there
+    (and saved in config.yaml), so the steps already taken keep their meaning and the extra
+    steps run at the schedules' final values. Runs every rank (reads, never writes).
+    """
+    run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
+    t = cfg.trainer
+    saved = run_dir / "config.yaml"
+    if (t.schedule_steps is not None or cfg.run.overwrite or not cfg.run.resume
+            or not saved.is_file() or not (run_dir / "last.ckpt").exists()):
+        return
+    old = _saved_config(saved).get("trainer", {})
+    if not isinstance(old, dict):
+        return
+    if old.get("schedule_steps") is not None:
+        t.schedule_steps = int(old["schedule_steps"])
+        return
+    if (old.get("max_steps"), old.get("max_epochs")) == (t.max_steps, t.max_epochs):
+        return
+    if old.get("max_steps") is None:
+        raise UserError(
+            f"{run_dir} was trained with trainer.max_epochs={old.get('max_epochs')}; changing its "
+            f"length on resume would stretch its lr and teacher-momentum schedules. Keep the "
+            f"length, or pin them with trainer.schedule_steps=<steps of the first leg>")
+    t.schedule_steps = int(old["max_steps"])
+    print(f"extending {run_dir.name} from {old['max_steps']} steps: the lr and teacher-momentum "
+          f"schedules keep their length (trainer.schedule_steps={t.schedule_steps})")
+
+
+def prepare_run_dir(cfg: Config, recipe: str | Path | None) -> Path:
     """Create (or validate for reuse) the run directory and save the resolved config."""
     run_dir = run_directory(cfg, recipe)
     if inspect_run_dir(cfg, run_dir).move_aside:
@@ -181,15 +218,9 @@ def prepare_run_dir(cfg: Any, recipe: str | Path | None) -> Path:
     return run_dir
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_metrics_json(path: Path) -> dict:
-    """``metrics.json`` as a dict ({} when absent); a damaged one is a ``UserError``."""
+def read_metrics(run_dir: str | Path) -> dict:
+    """``run_dir/metrics.json`` as a dict ({} when absent); a corrupt file is a one-line error."""
+    path = Path(run_dir) / "metrics.json"
     if not (path.exists() or path.is_symlink()):
         return {}
     try:
@@ -199,15 +230,27 @@ def read_metrics_json(path: Path) -> dict:
     except OSError as exc:
         raise UserError(f"cannot read {path} ({exc.strerror}); fix or move it away") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path} is not a JSON object of results; fix or move it away")
+        raise UserError(f"{path} does not hold a JSON object; fix or move it away")
     return data
 
 
 def update_metrics(run_dir: Path, update: dict) -> dict:
-    """Merge ``update`` into ``run_dir/metrics.json`` (nested keys merged, others kept); the
-    read-modify-write holds a lock, so concurrent writers (evaluation CLIs) lose no key."""
+    """Merge ``update`` into ``run_dir/metrics.json`` (nested keys merged, others kept)."""
     path = Path(run_dir) / "metrics.json"
-    with locked(path):
-        merged = _merge(read_metrics_json(path), update)
+    with locked(path):  # concurrent writers (evaluation CLIs, other runs) lose no key
+        merged = deep_merge(read_metrics(run_dir), update)
         atomic_write_text(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
     return merged
+
+
+def store_metrics_entry(run_dir: str | Path, key: str, entry: dict) -> None:
+    """Replace ``metrics.json[key]`` with ``entry`` (atomic; other keys kept).
+
+    Replaced rather than merged, so numbers of an earlier protocol (other k, other cells) never
+    linger beside the new ones.
+    """
+    with locked(Path(run_dir) / "metrics.json"):  # concurrent evaluations lose no key
+        current = read_metrics(run_dir)
+        current[key] = entry
+        atomic_write_text(Path(run_dir) / "metrics.json",
+                          json.dumps(current, indent=2, sort_keys=True) + "\n")

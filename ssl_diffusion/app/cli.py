@@ -2,8 +2,9 @@
 
 Every CLI's ``main`` runs inside ``run_cli``: a ``UserError`` prints ``error: <message>`` on one
 line and exits 2 (so does an OS failure of a known kind: read-only file system, disk full, file
-size limit, permissions; ``ssl_diffusion.os_errors``); Ctrl-C exits 130; any other exception prints one line naming its type and how
-to see the traceback (``SSL_DIFFUSION_DEBUG=1``) and exits 1.
+size limit, permissions; ``ssl_diffusion.app.os_errors``); Ctrl-C exits 130; any other exception
+prints one line naming its type and how to see the traceback (``SSL_DIFFUSION_DEBUG=1``) and
+exits 1.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from ssl_diffusion.app.os_errors import user_error_for
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.os_errors import user_error_for
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 1
@@ -23,10 +24,10 @@ EXIT_INTERRUPTED = 130
 def check_device(name: str | None, flag: str = "--device") -> str | None:
     """``name`` when torch can use that device on this machine (``None`` and ``auto`` pass), else
     a one-line ``UserError`` naming the devices that are available."""
+    import torch  # here, not at the top: the CLIs' --dry-run and --help stay torch-free
+
     if name is None or name == "auto":
         return name
-    import torch
-
     try:
         device = torch.device(name)
     except RuntimeError:
