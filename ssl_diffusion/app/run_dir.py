@@ -92,11 +92,6 @@ def run_directory(cfg: Config, recipe: str | Path | None) -> Path:
     return run_dir
 
 
-def _saved_config(path: Path) -> dict:
-    """The saved config for reading schedule lengths; a damaged one is a ``UserError``."""
-    return read_saved_config(path)
-
-
 @dataclass
 class RunDirState:
     """What an existing run directory holds, read without changing it."""
@@ -190,7 +185,7 @@ def pin_schedule(cfg: Config, recipe: str | Path | None) -> None:
     if (t.schedule_steps is not None or cfg.run.overwrite or not cfg.run.resume
             or not saved.is_file() or not (run_dir / "last.ckpt").exists()):
         return
-    old = _saved_config(saved).get("trainer", {})
+    old = read_saved_config(saved).get("trainer", {})
     if not isinstance(old, dict):
         return
     if old.get("schedule_steps") is not None:
