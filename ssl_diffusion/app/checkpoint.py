@@ -79,8 +79,10 @@ class AtomicCheckpoint(pl.Callback):
         if not (trainer.training and trainer.loggers) or self._row_logged_step == trainer.global_step:
             return
         connector = trainer._logger_connector
-        if connector._first_loop_iter is None or trainer.fit_loop._should_accumulate():
-            return  # not inside a training step (e.g. on_train_end)
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        if (connector._first_loop_iter is None or trainer.fit_loop._should_accumulate()
+                or progress.processed <= progress.completed):
+            return  # not between a step's end and its logging (e.g. on_train_end)
         if not connector.should_update_logs:
             return
         self._row_logged_step = trainer.global_step
