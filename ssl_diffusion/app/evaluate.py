@@ -38,13 +38,14 @@ from ssl_diffusion.eval.knn import KNNEvaluator
 from ssl_diffusion.eval.linear import train_linear_probe
 from ssl_diffusion.eval.spec import FeatureSpec
 
+Checkpoint = str | Path | LoadedMethod  # a checkpoint path, or one already loaded
 QUERY_SPLITS = ("val", "test")
 
 
 # --------------------------------------------------------------------------- loading and storing
 
 
-def load(ckpt: Any, overrides: Sequence[str] = ()) -> Any:
+def load(ckpt: Checkpoint, overrides: Sequence[str] = ()) -> LoadedMethod:
     """``engine.load_method(ckpt, overrides)``; a ``LoadedMethod`` passes through unchanged."""
     if isinstance(ckpt, LoadedMethod):
         if overrides:
@@ -61,7 +62,7 @@ def check_metrics_writable(run_dir: Path) -> None:
     read_metrics(run_dir)
 
 
-def run_dir_of(loaded: Any) -> Path:
+def run_dir_of(loaded: LoadedMethod) -> Path:
     """The run directory of a checkpoint: the folder holding it (``runs/<name>/last.ckpt``)."""
     return Path(loaded.path).resolve().parent
 
@@ -88,7 +89,7 @@ def save_predictions(run_dir: Path, name: str, predictions: dict[str, np.ndarray
     return str(path)
 
 
-def checkpoint_info(loaded: Any, extractor: FeatureExtractor) -> dict:
+def checkpoint_info(loaded: LoadedMethod, extractor: FeatureExtractor) -> dict:
     return {"path": str(loaded.path), "sha1": extractor.checkpoint_sha1,
             "step": int(loaded.ckpt.get("global_step", 0)),
             "epoch": int(loaded.ckpt.get("epoch", 0))}
@@ -106,7 +107,7 @@ def _check_splits(splits: Sequence[str]) -> list[str]:
     return splits
 
 
-def _extractor(loaded: Any, progress: bool, batch_size: int | None, device: str | None,
+def _extractor(loaded: LoadedMethod, progress: bool, batch_size: int | None, device: str | None,
                cache: bool | str | Path) -> FeatureExtractor:
     cache_dir = False if cache is False else (None if cache is True else cache)
     return FeatureExtractor(loaded, cache_dir=cache_dir, batch_size=batch_size, device=device,
@@ -178,7 +179,7 @@ def raw_pixel_scores(cfg: Config, *, limit: int | None = None, linear: bool = Tr
 # --------------------------------------------------------------------------- kNN and linear
 
 
-def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[str],
+def _evaluate(kind: str, ckpt: Checkpoint, overrides: Sequence[str], splits: Sequence[str],
               progress: bool, batch_size: int | None, device: str | None, limit: int | None,
               cache: bool | str | Path, write_metrics: bool) -> dict:
     start = time.time()
@@ -224,7 +225,7 @@ def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[s
     return entry
 
 
-def run_knn(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
+def run_knn(ckpt: Checkpoint, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
             progress: bool = True, batch_size: int | None = None, device: str | None = None,
             limit: int | None = None, cache: bool | str | Path = True,
             write_metrics: bool = True) -> dict:
@@ -249,7 +250,7 @@ def run_knn(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] =
                      write_metrics)
 
 
-def run_linear(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
+def run_linear(ckpt: Checkpoint, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
                progress: bool = True, batch_size: int | None = None, device: str | None = None,
                limit: int | None = None, cache: bool | str | Path = True,
                write_metrics: bool = True) -> dict:
@@ -266,7 +267,7 @@ def run_linear(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str
 # --------------------------------------------------------------------------- the sweep
 
 
-def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str] | None = None,
+def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequence[str] | None = None,
               noises: Sequence[float] | None = None, metric: str = "knn",
               probe_epochs: int | None = None, write_recipe: str | Path | None = None,
               select_by: str | None = None, progress: bool = True,

@@ -143,7 +143,7 @@ def is_conditional(method: SSLMethod) -> bool:
     return method.class_conditional
 
 
-def class_labels_for(method: Any, seeds: Sequence[int], classes: int | str | None) -> Tensor | None:
+def class_labels_for(method: SSLMethod, seeds: Sequence[int], classes: int | str | None) -> Tensor | None:
     """Labels for ``seeds``: ``None`` (unconditional; ``"all"`` for a conditional model), an int
     (one class for every image) or ``"all"`` (seed s gets class s mod K: balanced over a range of
     seeds and, like the image, a function of the seed only)."""
@@ -161,7 +161,7 @@ def class_labels_for(method: Any, seeds: Sequence[int], classes: int | str | Non
     return torch.full((len(seeds),), classes, dtype=torch.long)
 
 
-def check_guidance(method: Any, cfg: SamplerConfig) -> None:
+def check_guidance(method: SSLMethod, cfg: SamplerConfig) -> None:
     if cfg.cfg != 1.0 and not is_conditional(method):
         raise UserError(f"guidance scale cfg={cfg.cfg} needs a class-conditional model; this one "
                         f"is unconditional: use --cfg 1 (sampler.cfg=1)")
@@ -172,7 +172,7 @@ def to_uint8(images: Tensor) -> Tensor:
     return (images.float() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def generate_uint8(method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig,
+def generate_uint8(method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig,
                    batch_size: int = 64, use_ema: bool = True,
                    class_labels: Tensor | None = None, progress: bool = True) -> Iterator[Tensor]:
     """uint8 (B, C, H, W) CPU batches of ``method.generate`` for ``seeds`` in order.
@@ -281,7 +281,7 @@ class FIDStage:
                     self._ref = compute()
         return self._ref
 
-    def generated_stats(self, method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
+    def generated_stats(self, method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
                         batch_size: int = 64, use_ema: bool = True,
                         class_labels: Tensor | None = None, rank: int = 0, world: int = 1,
                         progress: bool = True,
@@ -303,7 +303,7 @@ class FIDStage:
             gen.logits.all_reduce_()
         return gen
 
-    def evaluate(self, method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
+    def evaluate(self, method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
                  batch_size: int = 64, use_ema: bool = True, class_labels: Tensor | None = None,
                  rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
                  progress: bool = True,
@@ -336,7 +336,7 @@ def _tapped(batches: Iterable[Tensor], seeds: list[int],
         yield batch
 
 
-def generation_protocol(method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig,
+def generation_protocol(method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig,
                         use_ema: bool, class_labels: Tensor | None) -> dict:
     """The knobs that decide the generated images, in the form stored in metrics.json."""
     weights = "ema" if use_ema and getattr(method, "ema", None) is not None else "raw"

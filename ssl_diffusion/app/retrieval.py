@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ssl_diffusion.app.encoder import sweep_choice
-from ssl_diffusion.app.evaluate import _extractor, load, run_dir_of
+from ssl_diffusion.app.evaluate import Checkpoint, _extractor, load, run_dir_of
 from ssl_diffusion.atomic import atomic_write
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.features import SPLITS, describe_spec, encode, is_rank_zero
@@ -32,7 +31,7 @@ def _parse_query(query: str | int | Path) -> int | Path:
     return Path(text)
 
 
-def run_retrieval(ckpt: Any, query: str | int | Path, overrides: Sequence[str] = (), *,
+def run_retrieval(ckpt: Checkpoint, query: str | int | Path, overrides: Sequence[str] = (), *,
                   k: int = 8, split: str = "test", gallery: str = "train",
                   out: str | Path | None = None, progress: bool = True,
                   batch_size: int | None = None, device: str | None = None,

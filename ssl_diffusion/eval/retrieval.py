@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ssl_diffusion.atomic import AtomicFile
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.features import FeatureExtractor, is_rank_zero
 from ssl_diffusion.eval.neighbors import FaissIndex
@@ -40,7 +41,7 @@ def load_query_image(path: str | Path, channels: int, size: int) -> Image.Image:
     return T.Compose([T.Resize(size), T.CenterCrop(size)])(img)
 
 
-def _class_name(info: Any, label: int | None) -> str:
+def _class_name(info: DataInfo, label: int | None) -> str:
     if label is None or label < 0:
         return "?"
     names = info.class_names
