@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ssl_diffusion.app.loading import LoadedMethod, load_method
+from ssl_diffusion.app.os_errors import check_writable
 from ssl_diffusion.app.pretrain import quiet_lightning
 from ssl_diffusion.app.recipe_edit import write_feature_recipe
 from ssl_diffusion.app.run_dir import read_metrics, store_metrics_entry
@@ -52,6 +53,13 @@ def load(ckpt: Checkpoint, overrides: Sequence[str] = ()) -> LoadedMethod:
         return ckpt
     quiet_lightning()
     return load_method(ckpt, list(overrides))
+
+
+def check_metrics_writable(run_dir: Path) -> None:
+    """metrics.json can be written into ``run_dir`` and the one there is valid JSON."""
+    check_writable(run_dir, "metrics.json",
+                   "copy the checkpoint to a writable folder and evaluate that copy")
+    read_metrics(run_dir)
 
 
 def run_dir_of(loaded: LoadedMethod) -> Path:
@@ -179,6 +187,8 @@ def _evaluate(kind: str, ckpt: Checkpoint, overrides: Sequence[str], splits: Seq
     loaded = load(ckpt, overrides)
     splits = _check_splits(splits)
     cfg = loaded.cfg
+    if write_metrics:  # a result that cannot be stored is found before the slow work
+        check_metrics_writable(run_dir_of(loaded))
     ex = _extractor(loaded, progress, batch_size, device, cache)
     # The evaluators' own checks, before the (slow, cached) feature extraction.
     if kind == "linear":
@@ -312,6 +322,8 @@ def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequen
         linear_cfg.validate()
     if write_recipe is not None:  # refuse a bad recipe path before the sweep, not after it
         write_feature_recipe(write_recipe, {}, cfg.method, check_only=True)
+    if write_metrics:  # a result that cannot be stored is found before the slow work
+        check_metrics_writable(run_dir_of(loaded))
     ex = _extractor(loaded, progress, batch_size, device, cache)
     use_ema = method.feature_spec().use_ema
     n_cls = loaded.info.num_classes
