@@ -66,8 +66,8 @@ def run_demo(cfg: Config, recipe: str | Path, progress: bool = True) -> DemoResu
     result.lines = [
         f"{run_dir.name}: {name} ({trained['train_wall_time_s']:.0f} s of training)",
         f"  kNN top-1 (test)     {_pct(knn['test_top1'])}   raw pixels {_pct(raw['knn_top1'])}",
-        f"  linear top-1 (test)  {_pct(linear['test_top1'])}   raw pixels "
-        f"{_pct(raw['linear_top1'])}",
+        (f"  linear top-1 (test)  {_pct(linear['test_top1'])}   raw pixels "
+         f"{_pct(raw['linear_top1'])}"),
     ]
     if result.samples is not None:
         result.lines.append(f"  samples              {result.samples} ({GRID_MAX} images, "
