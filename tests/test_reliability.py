@@ -422,3 +422,24 @@ def test_stale_temporaries_are_removed_by_the_next_run(cli, recipe, tmp_path, fi
     assert cli(*_args(recipe, tmp_path, "run.name=r", "trainer.max_steps=3"))[0] == 0
     left = sorted(p.name for p in finished.glob(".*.tmp"))
     assert left == [".metrics.json.keep.tmp"]
+
+
+def test_a_decompression_bomb_is_a_one_line_error(tmp_path, monkeypatch):
+    """Pillow refuses images of more than 2 x MAX_IMAGE_PIXELS pixels; lower the limit so a
+    small file plays the bomb, in a training folder and as a retrieval query."""
+    from PIL import Image
+
+    from ssl_diffusion.data.imagefolder import CheckedImageFolder
+    from ssl_diffusion.errors import UserError
+    from ssl_diffusion.eval.retrieval import load_query_image
+
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        Image.new("L", (64, 64), 128).save(tmp_path / "train" / cls / "x.png")
+    bomb = tmp_path / "train" / "a" / "x.png"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # 64x64 > 2 x limit: an error
+    folder = CheckedImageFolder(tmp_path / "train", None, None)
+    with pytest.raises(UserError, match=r"unreadable image .*x\.png.*decompression bomb"):
+        folder[0]
+    with pytest.raises(UserError, match=r"x\.png.*decompression bomb"):
+        load_query_image(bomb, 1, 16)

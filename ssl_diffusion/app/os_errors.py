@@ -6,6 +6,7 @@ names the path, the cause and the fix, and which flag or key writes somewhere el
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 from ssl_diffusion.errors import UserError
@@ -50,8 +51,6 @@ def check_writable(folder: str | Path, what: str, elsewhere: str) -> None:
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    import os
-
     if probe.exists() and not probe.is_dir():
         raise UserError(f"cannot write {what} into {folder}: {probe} is a file; {elsewhere}")
     if not os.access(probe, os.W_OK | os.X_OK):
