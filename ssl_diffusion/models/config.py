@@ -17,7 +17,7 @@ from ssl_diffusion.models.presets import ARCH_FIELDS, PRESETS
 # fmt: off
 _OVERRIDES = (
     "depth", "width", "heads", "patch_size", "dropout", "mlp_ratio",
-    "channel_mult", "attn_resolutions", "resample",
+    "channel_mult", "attn_resolutions", "resample", "norm", "ffn", "rope", "qk_norm",
 )
 # fmt: on
 
@@ -39,6 +39,12 @@ class ModelConfig:
     channel_mult: list[int] | None = None  # UNet: channel multiplier per resolution level
     attn_resolutions: list[int] | None = None  # UNet: feature-map sizes (px) with self-attention
     resample: Literal["conv", "res"] | None = None  # UNet: conv (DDPM) | BigGAN ResBlock (DDPM++)
+    # DiT block options of LightningDiT (models/lightning_blocks.py; None = the preset's value,
+    # plain DiT: layernorm / gelu / no rope / no qk-norm):
+    norm: Literal["layernorm", "rmsnorm"] | None = None  # pre-adaLN norm of every block
+    ffn: Literal["gelu", "swiglu"] | None = None  # feed-forward: GELU MLP | SwiGLU (2/3 width)
+    rope: bool | None = None  # 2-D rotary position embedding on queries/keys
+    qk_norm: bool | None = None  # RMS-normalise queries and keys per head
 
     def validate(self) -> None:
         """Raise a one-line UserError for unknown presets or overrides the arch does not use."""
