@@ -88,4 +88,4 @@ METHODS.add_builtin_modules(
     "ssl_diffusion.methods.simclr", "ssl_diffusion.methods.dino", "ssl_diffusion.methods.ddae"
 )
 BACKBONES.add_builtin_modules("ssl_diffusion.backbones")
-DATASETS.add_builtin_modules("ssl_diffusion.data.datasets")
+DATASETS.add_builtin_modules("ssl_diffusion.data.datasets", "ssl_diffusion.data.latents")

@@ -3,7 +3,8 @@ plus a ``DataInfo``; ``build_splits`` then carves a fixed validation split out o
 
 Registered: digits (sklearn, bundled: the no-download default), fashion_mnist, mnist, cifar10,
 cifar100, stl10 (torchvision classes, ``data.root``, ``data.download`` default false),
-imagefolder (``data.root``/train and ``data.root``/val folders), fake (torchvision FakeData).
+imagefolder (``data.root``/train and ``data.root``/val folders), fake (torchvision FakeData);
+latents (pre-extracted VAE latents, ``latents.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class DataInfo:
     mean: list[float]  # per-channel, in [0, 1] units (dataset normalisation)
     std: list[float]
     class_names: list[str] = field(default_factory=list)
+    kind: str = "image"  # "image" (PIL items) | "latent" (pre-extracted VAE latents, latents.py)
+    latent: dict | None = None  # latent datasets: VAE path, pixel size, flip (LatentInfo); mean
+    # and std above are then the per-channel latent statistics, used to decode generated latents
 
 
 @dataclass
