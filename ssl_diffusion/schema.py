@@ -136,6 +136,8 @@ def validate_config(cfg: Any) -> None:
     _require(e.every_n_steps >= 0, "eval.every_n_steps", e.every_n_steps, "must be >= 0")
     if e.bank_size is not None:
         _require(e.bank_size >= 1, "eval.bank_size", e.bank_size, "must be >= 1")
+    _require(e.features.shard_rows >= 1, "eval.features.shard_rows", e.features.shard_rows,
+             "must be >= 1")
     lin = e.linear
     _require(lin.epochs >= 1, "eval.linear.epochs", lin.epochs, "must be >= 1")
     _require(0 <= lin.warmup_epochs <= lin.epochs, "eval.linear.warmup_epochs", lin.warmup_epochs,

@@ -250,11 +250,15 @@ class FeatureExtractor:
 
         self.loaded = loaded
         self.method, self.cfg, self.info = loaded.method, loaded.cfg, loaded.info
-        if cache_dir is False:
-            self.cache = None
-        else:
-            self.cache = FeatureCache(Path(cache_dir) if cache_dir else
-                                      Path(loaded.path).parent / "features")
+        folder = Path(cache_dir) if cache_dir else Path(loaded.path).parent / "features"
+        self.cache: Any = None
+        if cache_dir is not False and self.cfg.eval.features.cache == "fp16_shards":
+            # imported here: feature_shards builds on this module's FeatureSet (no cycle)
+            from ssl_diffusion.eval.feature_shards import ShardedFeatureCache
+
+            self.cache = ShardedFeatureCache(folder, self.cfg.eval.features.shard_rows)
+        elif cache_dir is not False:
+            self.cache = FeatureCache(folder)
         self.batch_size = batch_size or self.cfg.data.batch_size
         if self.batch_size < 1:
             raise UserError(f"batch size {self.batch_size} must be >= 1")
