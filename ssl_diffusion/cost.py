@@ -95,4 +95,4 @@ def dry_run_estimate(cfg: Any) -> str:
     return format_estimate(estimate(cfg, size))
 
 
-__all__ = ["THROUGHPUT", "dry_run_estimate", "Throughput", "estimate", "format_estimate", "train_images"]
+__all__ = ["THROUGHPUT", "Throughput", "dry_run_estimate", "estimate", "format_estimate", "train_images"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path

@@ -92,7 +92,7 @@ def load_vae(cfg: VAEConfig, device: str | torch.device = "cpu") -> LatentVAE:
         kwargs["subfolder"] = cfg.subfolder
     try:
         ae = autoencoder_cls.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         hint = (" (not in the local cache: fetch it once with model.vae.local_files_only=false, "
                 "or download the folder and pass its path)" if not os.path.isdir(path) else "")

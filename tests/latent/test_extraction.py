@@ -49,7 +49,7 @@ def test_adm_center_crop_halves_then_resizes_then_crops():
 
 
 def test_extraction_writes_shards_and_exact_statistics(setup, tmp_path):
-    root, images, vae = setup
+    _, images, vae = setup
     res = extract_latents(images, tmp_path / "train", vae, image_size=SIZE, flip=True,
                           shard_size=4, batch_size=2)
     assert (res.num_images, res.num_shards, res.shards_encoded) == (12, 3, 3)
@@ -60,7 +60,7 @@ def test_extraction_writes_shards_and_exact_statistics(setup, tmp_path):
     np.testing.assert_allclose(res.stats.mean, z64.mean(axis=(0, 1, 3, 4)), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(res.stats.std, z64.std(axis=(0, 1, 3, 4)), rtol=1e-7)
     # view 0 is the posterior mean of the ADM-cropped image; view 1 that of its mirror image
-    first = sorted((images / "c0").iterdir())[0]
+    first = min((images / "c0").iterdir())
     px = np.array(adm_center_crop(Image.open(first), SIZE))
     x = torch.from_numpy(px).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.no_grad():
@@ -74,8 +74,8 @@ def test_extraction_writes_shards_and_exact_statistics(setup, tmp_path):
 
 
 def test_interrupted_extraction_resumes_to_identical_shards(setup, tmp_path):
-    root, images, vae = setup
-    kw = dict(image_size=SIZE, flip=True, shard_size=4, batch_size=2)
+    _, images, vae = setup
+    kw = {"image_size": SIZE, "flip": True, "shard_size": 4, "batch_size": 2}
     extract_latents(images, tmp_path / "full", vae, **kw)
 
     seen = []
@@ -101,7 +101,7 @@ def test_interrupted_extraction_resumes_to_identical_shards(setup, tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(setup, tmp_path):
-    root, images, vae = setup
+    _, images, vae = setup
     extract_latents(images, tmp_path / "a", vae, image_size=SIZE, shard_size=4, batch_size=2)
     with pytest.raises(UserError, match="another extraction.*flip"):
         extract_latents(images, tmp_path / "a", vae, image_size=SIZE, flip=True, shard_size=4,
@@ -120,7 +120,7 @@ def test_latents_dataset_serves_normalised_views(setup, tmp_path):
     from ssl_diffusion.data.datasets import build_splits
     from ssl_diffusion.data.transforms import eval_transform, train_transform
 
-    root, images, vae = setup
+    root, _, vae = setup
     out = _extract_both(root, root / "images", vae, tmp_path / "lat")
     cfg = load_config(None, ["data.name=latents", f"data.root={out}", "data.val_fraction=0",
                              "trainer.max_steps=1"])
@@ -131,7 +131,7 @@ def test_latents_dataset_serves_normalised_views(setup, tmp_path):
     allz = torch.stack([splits.train[i][0] for i in range(12)])  # (12, 2, 4, 8, 8)
     assert torch.allclose(allz.mean(dim=(0, 1, 3, 4)), torch.zeros(4), atol=1e-3)
     assert torch.allclose(allz.std(dim=(0, 1, 3, 4), unbiased=False), torch.ones(4), atol=1e-3)
-    z, label = splits.train[0]
+    z, _ = splits.train[0]
     assert torch.equal(eval_transform(info, "symmetric")(z), z[0])
     flips = [train_transform("diffusion", info, cfg.aug, "symmetric")(z)[0] for _ in range(40)]
     assert any(torch.equal(v, z[1]) for v in flips) and any(torch.equal(v, z[0]) for v in flips)
@@ -141,7 +141,7 @@ def test_bad_latents_and_vae_inputs_give_one_line_errors(setup, tmp_path):
     from ssl_diffusion.config import load_config
     from ssl_diffusion.data.datasets import build_splits
 
-    root, images, vae = setup
+    root, _, vae = setup
     with pytest.raises(UserError, match="model.vae.path=.*not a folder"):
         load_vae(VAEConfig(path=str(tmp_path / "missing_vae")))
     with pytest.raises(UserError, match="not in the local cache"):

@@ -47,7 +47,7 @@ def _rope_ref(x: np.ndarray, grid: int) -> np.ndarray:
 def _block_ref(blk: DiTBlock, x: np.ndarray, c_act: np.ndarray, heads: int, grid: int,
                qk_norm: bool) -> np.ndarray:
     """One sample: x (T, D), c_act (D,) -> (T, D)."""
-    lin = lambda m, v: v @ _np(m.weight).T + _np(m.bias)  # noqa: E731
+    lin = lambda m, v: v @ _np(m.weight).T + _np(m.bias)
     mod = lin(blk.adaLN, c_act)
     sh1, sc1, g1, sh2, sc2, g2 = np.split(mod, 6)
     t, d = x.shape
@@ -96,7 +96,7 @@ def test_rope_is_relative_in_both_axes():
     q = torch.randn(d, dtype=torch.float64).expand(1, 1, grid * grid, d)
     k = torch.randn(d, dtype=torch.float64).expand(1, 1, grid * grid, d)
     qr, kr = apply_rope(q, ang.cos(), ang.sin())[0, 0], apply_rope(k, ang.cos(), ang.sin())[0, 0]
-    idx = lambda r, c: r * grid + c  # noqa: E731
+    idx = lambda r, c: r * grid + c
     a = qr[idx(1, 2)] @ kr[idx(0, 0)]
     b = qr[idx(3, 4)] @ kr[idx(2, 2)]  # same offset (1, 2)
     c = qr[idx(2, 1)] @ kr[idx(0, 0)]  # transposed offset: differs
