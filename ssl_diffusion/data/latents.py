@@ -146,12 +146,13 @@ class LatentShards(Dataset):
                  expect: LatentManifest | None = None) -> None:
         self.directory = directory
         self.manifest = m = LatentManifest.load(directory)
-        if expect is not None and (m.latent_shape != expect.latent_shape or m.flip != expect.flip
+        # the flip copy may differ: evaluation only ever reads view 0
+        if expect is not None and (m.latent_shape != expect.latent_shape or m.vae != expect.vae
                                    or m.classes != expect.classes):
-            raise UserError(f"latents in {directory} (shape {m.latent_shape}, flip {m.flip}, "
+            raise UserError(f"latents in {directory} (shape {m.latent_shape}, VAE {m.vae}, "
                             f"{len(m.classes)} classes) do not match the training split's "
-                            f"(shape {expect.latent_shape}, flip {expect.flip}, "
-                            f"{len(expect.classes)} classes); extract both with the same settings")
+                            f"(shape {expect.latent_shape}, VAE {expect.vae}, "
+                            f"{len(expect.classes)} classes); extract both with the same VAE")
         done = finished_shards(directory, m)
         if len(done) != m.num_shards:
             raise UserError(f"{directory}: {len(done)} of {m.num_shards} shards extracted; run the "
