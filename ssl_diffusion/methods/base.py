@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,19 @@ def gather_rows(t: Tensor) -> Tensor:
 def rank_seed(seed: int, rank: int) -> int:
     """Seed of rank ``rank``'s training RNG stream, decorrelated across ranks (32 bits)."""
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, rank]).generate_state(1)[0])
+
+
+def step_generator(seed: int, rank: int, step: int, stream: str) -> torch.Generator:
+    """A CPU generator for one (seed, rank, training step, named stream).
+
+    Draws that must match across the arms of a paired comparison (the diffusion loss's noise
+    levels and noise) come from here instead of the global RNG, so an arm that draws extra
+    random numbers elsewhere (self-distillation views, teacher noise) still sees the same
+    noise at every step; a resumed run gets it back without saving any state.
+    """
+    key = [seed & 0xFFFFFFFF, rank, step, zlib.crc32(stream.encode())]
+    state = np.random.SeedSequence(key).generate_state(2)  # two 32-bit words
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float, schedule: str) -> float:

@@ -32,7 +32,7 @@ from ssl_diffusion.diffusion.generate import sample
 from ssl_diffusion.diffusion.noise import sigma_from_logsnr
 from ssl_diffusion.diffusion.rng import per_sample_randn, seed_generators, seeded_randn
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.methods.base import SSLMethod
+from ssl_diffusion.methods.base import SSLMethod, step_generator
 from ssl_diffusion.methods.contrastive import (
     moco_v3_predictor,
     moco_v3_projector,
@@ -40,6 +40,7 @@ from ssl_diffusion.methods.contrastive import (
 )
 from ssl_diffusion.methods.ema import clone_frozen
 from ssl_diffusion.models import build_denoiser
+from ssl_diffusion.models.base import arm_module_rng
 from ssl_diffusion.registry import METHODS
 
 
@@ -75,7 +76,8 @@ class DDAE(SSLMethod):
         self.feature_dim = self.net.feature_dims[self.feature_layer]
         self.augment_pipe = AugmentPipe(cfg.augment) if cfg.ddae.augment else None
         if cfg.contrastive.weight > 0:
-            self._setup_contrastive()
+            with arm_module_rng("contrastive"):  # heads only this arm has: keep draws paired
+                self._setup_contrastive()
         self.setup_shared()
 
     # ------------------------------------------------------------------ configuration
@@ -175,12 +177,29 @@ class DDAE(SSLMethod):
                 x = x_aug
             elif self.use_aug_labels:
                 aug = x.new_zeros(x.shape[0], AUG_DIM)
-            d = self.objective.loss(self.net, x, class_labels=class_labels, aug_labels=aug)
+            sigma, noise = self._train_noise(x)
+            d = self.objective.loss(self.net, x, class_labels=class_labels, aug_labels=aug,
+                                    sigma=sigma, noise=noise)
             out = {"loss": d["loss"], "loss_diffusion": d["loss_diffusion"]}
             out.update({k: v for k, v in d.items() if k.startswith("loss_") and k != "loss_per_sample"})
         if self.online_linear is not None and self.global_step % self.cfg.ddae.online_feats_every == 0:
             out["feats"] = self.extract_features(views[0])
         return out
+
+    def _train_noise(self, x: Tensor, chunks: int = 1) -> tuple[Tensor, Tensor]:
+        """Noise levels (N,) and noise (N, C, H, W) of the diffusion loss from per-step streams.
+
+        Drawn in ``chunks`` equal parts, so the 2N views of self-distillation get the same first
+        N levels and noise tensors as a plain arm's N images at the same seed and step.
+        """
+        gens = {name: step_generator(self.cfg.seed, self.global_rank, self.global_step, name)
+                for name in ("sigma", "noise")}
+        n = x.shape[0] // chunks
+        sigma = torch.cat([self.objective.sample_train_sigma(n, generator=gens["sigma"])
+                           for _ in range(chunks)])  # (N,)
+        noise = torch.cat([torch.randn((n, *x.shape[1:]), generator=gens["noise"])
+                           for _ in range(chunks)])  # (N, C, H, W)
+        return sigma.to(x.device), noise.to(x)
 
     # ------------------------------------------------------------------ contrastive (ddaepp)
     def _setup_contrastive(self) -> None:
@@ -242,7 +261,9 @@ class DDAE(SSLMethod):
         views, aug = self.view_pipe(torch.cat([x, x]))  # (2N, C, H, W), (2N, 9)
         labels2 = None if class_labels is None else torch.cat([class_labels, class_labels])
         taps = (self.contrastive_layer,) if c.shared_pass else ()
-        d = self.objective.loss(self.net, views, class_labels=labels2, aug_labels=aug, taps=taps)
+        sigma, noise = self._train_noise(views, chunks=2)
+        d = self.objective.loss(self.net, views, class_labels=labels2, aug_labels=aug, taps=taps,
+                                sigma=sigma, noise=noise)
         if c.shared_pass:
             z = self._select(d["output"], self.contrastive_layer)
         else:

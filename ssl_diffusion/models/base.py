@@ -7,14 +7,33 @@ return pooled features of any named layer ("feature taps") on the way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from ssl_diffusion.models.selfcond import SelfCondOutput
+
+
+@contextmanager
+def arm_module_rng(tag: str) -> Iterator[None]:
+    """Build (and initialise) a module that only some arms of a comparison have.
+
+    Paired comparisons need every arm (ddae, ddaepp, ddaepp + self-distillation, any knob
+    ablation) to start from identical base weights for one seed. Modules built inside this
+    context draw from their own CPU generator, seeded from the global seed and ``tag``, and the
+    global RNG is restored afterwards, so the base network's draws (and every later draw) are
+    the same whether or not the extra module exists.
+    """
+    seed = (torch.initial_seed() + zlib.crc32(tag.encode())) % 2**63
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass

@@ -125,11 +125,14 @@ class SelfCondConfig:
     enabled: bool | None = None  # on/off; None = the method's default (ddaepp on, ddae off)
     source_layer: str = "auto"  # rerouted layer name; auto = arch default (mid-network) [INF]
     pool: Literal["mean", "attn", "cls"] = "mean"  # mean (spec §2.2) | attn | cls (UViT time tok)
-    norm: Literal["none", "ln"] = "ln"  # LayerNorm on the pooled vector before the MLP [UNK]
+    norm: Literal["none", "ln"] = "none"  # LayerNorm on the pooled vector (spec §2.2: none) [UNK]
     mlp_depth: int = 2  # Linear layers in the MLP (2 = Linear-SiLU-Linear, spec §2.2) [INF]
-    mlp_width: int | None = None  # hidden width of the MLP; None = the cond dim [INF]
-    # g(t), spec §2.4 [INF]: vector = Linear(t_emb) per channel | scalar = tanh(Linear(t_emb)) | 1
-    time_scale: Literal["none", "vector", "scalar"] = "vector"  # time-adaptive scale of s
+    # Hidden width of the MLP; None = half the cond dim, so the default costs <= 1% parameters
+    # on DiT-S/2, DiT-B/2, DDPM++ and UViT-S/2 (docs/selfcond_defaults.md; spec: cond dim) [INF]
+    mlp_width: int | None = None
+    # g(t), spec §2.4 [INF]: vector = Linear(t_emb) per channel | scalar = tanh(Linear(t_emb)) | 1.
+    # Default scalar: the vector gate alone adds D^2 parameters (1.37% on DiT-B/2 in total).
+    time_scale: Literal["none", "vector", "scalar"] = "scalar"  # time-adaptive scale of s
     zero_init: bool = True  # zero g (or the last MLP layer if time_scale=none): step 0 = baseline
     detach: bool = False  # stop the s-path gradient into the source (spec §2.5: it flows) [UNK]
     targets: Literal["all", "decoder", "final"] = "all"  # later layers / 2nd half / DiT final only

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.models.base import Denoiser, DenoiserOutput
+from ssl_diffusion.models.base import Denoiser, DenoiserOutput, arm_module_rng
 from ssl_diffusion.models.config import SelfCondConfig
 from ssl_diffusion.models.layers import (
     Attention,
@@ -136,8 +136,6 @@ class DiT(Denoiser):
         )  # (1, T, D)
         self.t_embed = TimestepEmbedder(width)
         self.y_embed = LabelEmbedding(num_classes, width)
-        # Bias-free, so all-zero aug labels (sampling time) contribute exactly nothing (EDM).
-        self.aug_embed = nn.Linear(aug_dim, width, bias=False) if aug_dim > 0 else None
         self.blocks = nn.ModuleList(
             DiTBlock(width, heads, mlp_ratio, dropout, norm, ffn, rope, qk_norm, self.grid)
             for _ in range(depth)
@@ -152,9 +150,16 @@ class DiT(Denoiser):
         self.default_feature_layer = f"block{min(depth // 2, depth - 1)}"
         self.selfcond: SelfConditioning | None = None
         self.sc_source = self.sc_first_target = -1
+        self.initialize_weights()  # base network first: the same draws in every arm
+        self.aug_embed: nn.Linear | None = None
+        if aug_dim > 0:
+            with arm_module_rng("aug_embed"):
+                # Bias-free, so all-zero aug labels (sampling time) contribute nothing (EDM).
+                self.aug_embed = nn.Linear(aug_dim, width, bias=False)
+                nn.init.xavier_uniform_(self.aug_embed.weight)
         if selfcond is not None and selfcond.enabled:
-            self._setup_selfcond(selfcond, width)
-        self.initialize_weights()
+            with arm_module_rng("selfcond"):
+                self._setup_selfcond(selfcond, width)
 
     def _setup_selfcond(self, cfg: SelfCondConfig, width: int) -> None:
         cfg.validate()
@@ -172,8 +177,8 @@ class DiT(Denoiser):
 
     def initialize_weights(self) -> None:
         """DiT init: xavier Linear, N(0, .02) embeddings, zero adaLN and output (adaLN-Zero)."""
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and not name.startswith("selfcond"):
+        for m in self.modules():  # called before the arm-specific modules exist
+            if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

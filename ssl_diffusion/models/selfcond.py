@@ -64,7 +64,7 @@ class SelfConditioning(nn.Module):
         # at init, so the pooled vector starts from the DDAE/GAP feature and learns to focus.
         self.query = nn.Parameter(torch.zeros(feat_dim)) if cfg.pool == "attn" else None
         self.norm = nn.LayerNorm(feat_dim) if cfg.norm == "ln" else nn.Identity()
-        width = cfg.mlp_width or cond_dim
+        width = cfg.mlp_width or max(cond_dim // 2, 1)  # default: half the cond dim
         dims = [feat_dim] + [width] * (cfg.mlp_depth - 1) + [cond_dim]
         layers: list[nn.Module] = []
         for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):

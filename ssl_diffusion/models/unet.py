@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.models.base import Denoiser, DenoiserOutput
+from ssl_diffusion.models.base import Denoiser, DenoiserOutput, arm_module_rng
 from ssl_diffusion.models.config import SelfCondConfig
 from ssl_diffusion.models.layers import LabelEmbedding, check_square_input, timestep_embedding
 from ssl_diffusion.models.presets import UNET_PRESETS
@@ -39,8 +39,11 @@ class TimeEmbedding(nn.Module):
     def __init__(self, width: int, emb_dim: int, aug_dim: int = 0):
         super().__init__()
         self.width = width
-        self.aug = nn.Linear(aug_dim, width, bias=False) if aug_dim > 0 else None
         self.mlp = nn.Sequential(nn.Linear(width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.aug: nn.Linear | None = None
+        if aug_dim > 0:
+            with arm_module_rng("aug_embed"):  # only some arms have it: keep base draws paired
+                self.aug = nn.Linear(aug_dim, width, bias=False)
 
     def forward(self, t: Tensor, aug_labels: Tensor | None) -> Tensor:
         emb = timestep_embedding(t, self.width)  # (N, width)
@@ -227,7 +230,8 @@ class UNet(Denoiser):
         self.selfcond: SelfConditioning | None = None
         self.sc_source = self.sc_first_target = -1
         if selfcond is not None and selfcond.enabled:
-            self._setup_selfcond(selfcond, emb_dim)
+            with arm_module_rng("selfcond"):
+                self._setup_selfcond(selfcond, emb_dim)
 
     def _setup_selfcond(self, cfg: SelfCondConfig, emb_dim: int) -> None:
         cfg.validate()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.models.base import Denoiser, DenoiserOutput
+from ssl_diffusion.models.base import Denoiser, DenoiserOutput, arm_module_rng
 from ssl_diffusion.models.config import SelfCondConfig
 from ssl_diffusion.models.layers import (
     Attention,
@@ -93,7 +93,6 @@ class UViT(Denoiser):
         self.width, self.grid = width, image_size // patch_size
         self.num_patches = self.grid**2
         self.patch_embed = PatchEmbed(in_channels, width, patch_size)
-        self.aug_embed = nn.Linear(aug_dim, width, bias=False) if aug_dim > 0 else None
         # Unconditional nets carry no label token (author's code): only the time token.
         self.y_embed = LabelEmbedding(num_classes, width) if num_classes > 0 else None
         self.extras = 1 + (self.y_embed is not None)
@@ -116,9 +115,16 @@ class UViT(Denoiser):
         self.selfcond: SelfConditioning | None = None
         self.sc_source = self.sc_first_target = -1
         self.sc_mode = "add_time"
+        self.initialize_weights()  # base network first: the same draws in every arm
+        self.aug_embed: nn.Linear | None = None
+        if aug_dim > 0:
+            with arm_module_rng("aug_embed"):
+                # Bias-free projection of the aug labels into the time token (zero aug -> +0).
+                self.aug_embed = nn.Linear(aug_dim, width, bias=False)
+                nn.init.trunc_normal_(self.aug_embed.weight, std=0.02)
         if selfcond is not None and selfcond.enabled:
-            self._setup_selfcond(selfcond)
-        self.initialize_weights()
+            with arm_module_rng("selfcond"):
+                self._setup_selfcond(selfcond)
 
     def _setup_selfcond(self, cfg: SelfCondConfig) -> None:
         cfg.validate()
@@ -142,8 +148,8 @@ class UViT(Denoiser):
     def initialize_weights(self) -> None:
         """Truncated-normal(0.02) Linear weights and positions, zero biases (U-ViT / ViT init)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and not name.startswith("selfcond"):
+        for m in self.modules():  # called before the arm-specific modules exist
+            if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
