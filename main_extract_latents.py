@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.cli import check_device, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flip", action="store_true", help="also store the flipped image's latent")
     parser.add_argument("--shard-size", type=int, default=1024, help="images per shard")
     parser.add_argument("--batch-size", type=int, default=64, help="images per VAE call")
+    parser.add_argument("--workers", type=int, default=4, help="image-decoding processes")
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args(argv)
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                     subfolder=args.vae_subfolder)
     if args.vae is not None:
         cfg.path = args.vae
+    check_device(args.device)
     rank, world, barrier = dist_rank_world()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and world > 1:
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = extract_latents(args.images, args.out, vae, image_size=args.image_size,
                                  flip=args.flip, shard_size=args.shard_size,
-                                 batch_size=args.batch_size, rank=rank, world=world,
+                                 batch_size=args.batch_size, workers=args.workers,
+                                 rank=rank, world=world,
                                  on_images=bar.update, barrier=barrier)
     finally:
         bar.close()

@@ -98,6 +98,8 @@ def test_interrupted_extraction_resumes_to_identical_shards(setup, tmp_path):
     assert res.shards_encoded == 2  # shard 0 kept, shards 1 and 2 encoded
     assert (out / f"{shard_name(0)}.latents.npy").stat().st_mtime_ns == before
     assert _files(out) == _files(tmp_path / "full")  # same bytes, no leftover temporary file
+    extract_latents(images, tmp_path / "workers", vae, workers=2, **kw)  # decoded in 2 processes
+    assert _files(tmp_path / "workers") == _files(tmp_path / "full")
 
 
 def test_resume_with_other_settings_is_refused(setup, tmp_path):
