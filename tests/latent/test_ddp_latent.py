@@ -19,7 +19,7 @@ from ssl_diffusion.models.vae import load_vae
 from tests.test_ddp import run_on_ranks
 
 from .helpers import make_image_folder, make_vae_folder
-from .test_end_to_end import SIZE, _stand_in_net, _train
+from .test_end_to_end import ROOT, SIZE, _stand_in_net, _train
 
 KW = {"image_size": SIZE, "flip": True, "shard_size": 4, "batch_size": 2}
 
@@ -82,3 +82,42 @@ def test_sharded_extraction_and_fid_equal_one_process(setup, tmp_path):
     assert results[0]["n_gen"] == 7
     for key in ("fid", "kid_mean", "is"):
         assert results[0][key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
+
+
+def test_decoding_with_the_wrong_vae_is_a_one_line_error(setup, tmp_path):
+    from ssl_diffusion.engine import load_method
+    from ssl_diffusion.errors import UserError
+
+    root, run_dir = setup
+    loaded = load_method(run_dir / "last.ckpt")
+    other = load_vae(VAEConfig(path=str(make_vae_folder(tmp_path / "vae8", latent_channels=8))))
+    with pytest.raises(UserError, match="8, 8, 8.*trained on \\(4, 8, 8\\)") as info:
+        DecodedGenerator(loaded.method, other)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_self_distillation_recipe_trains_on_latents(setup):
+    """The contrastive self-distillation variant runs on latents (views augmented on the latent
+    tensor) and logs its contrastive term."""
+    import json
+
+    from ssl_diffusion.config import load_config
+    from ssl_diffusion.engine import pretrain
+
+    root, _ = setup
+    recipe = ROOT / "recipes" / "imagenet256" / "ddaepp_csd_dit-b_uncond.yaml"
+    cfg = load_config(recipe, [
+        f"data.root={root / 'latents'}", "data.batch_size=8", "data.num_workers=0",
+        "data.val_fraction=0.2", "model.preset=LightningDiT-tiny", "trainer.max_epochs=null",
+        "trainer.max_steps=2", "trainer.devices=1", "trainer.accelerator=cpu",
+        "trainer.strategy=auto", "trainer.precision=32-true", "trainer.progress_bar=false",
+        "trainer.log_every_n_steps=1", "logger.wandb.enabled=false", "eval.online_linear=false",
+        "contrastive.warmup_steps=0", "contrastive.proj_hidden_dim=32",
+        "contrastive.proj_output_dim=16", "contrastive.pred_hidden_dim=32",
+        f"run.root={root / 'runs'}", "run.name=csd",
+    ])
+    run_dir = Path(pretrain(cfg)["run_dir"])
+    rows = (run_dir / "metrics.csv").read_text()
+    assert "loss_contrastive" in rows
+    assert json.loads((run_dir / "metrics.json").read_text())["pretrain"]["steps"] == 2

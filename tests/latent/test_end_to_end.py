@@ -188,16 +188,17 @@ def test_adm_reference_streams_the_array_and_rejects_bad_files(tmp_path):
         assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_are_one_line_errors(latents, tmp_path):
     from tests.conftest import run_script
 
     root, _ = latents
     proc = run_script("main_extract_latents", "--images", str(root / "images" / "train"),
                       "--out", str(tmp_path / "x"), "--vae", str(tmp_path / "no_vae"),
-                      cwd=tmp_path, timeout=120)
+                      cwd=tmp_path, timeout=600)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "model.vae.path" in proc.stderr
     proc = run_script("main_extract_latents", "--images", str(tmp_path / "nothing"),
                       "--out", str(tmp_path / "x"), "--vae", str(root / "vae"), "--device", "cpu",
-                      cwd=tmp_path, timeout=120)
+                      cwd=tmp_path, timeout=600)
     assert proc.returncode == 2 and "image folder not found" in proc.stderr
