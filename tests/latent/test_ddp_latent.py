@@ -88,7 +88,7 @@ def test_decoding_with_the_wrong_vae_is_a_one_line_error(setup, tmp_path):
     from ssl_diffusion.engine import load_method
     from ssl_diffusion.errors import UserError
 
-    root, run_dir = setup
+    _, run_dir = setup
     loaded = load_method(run_dir / "last.ckpt")
     other = load_vae(VAEConfig(path=str(make_vae_folder(tmp_path / "vae8", latent_channels=8))))
     with pytest.raises(UserError, match="8, 8, 8.*trained on \\(4, 8, 8\\)") as info:
