@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) main_pretrain.py --config $(RECIPE)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) main_demo.py --config $(RECIPE)
 
 test: setup
 	WANDB_MODE=offline $(PY) -m pytest -q

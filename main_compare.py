@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None,
                    help="cap on images per split for kNN gallery / probe / queries (e.g. 10000)")
     p.add_argument("--no-raw-pixels", action="store_true", help="skip the raw-pixel baseline row")
+    p.add_argument("--no-paired", action="store_true",
+                   help="skip the paired differences of every recipe against the first one")
+    p.add_argument("--bootstrap-resamples", type=int, default=100,
+                   help="resamples per seed of the FID / KID difference bootstrap")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
     args = p.parse_args(argv)
-    from ssl_diffusion.compare import CompareOptions, compare
+    from ssl_diffusion.app.compare import CompareOptions, compare
     from ssl_diffusion.errors import UserError
 
     if args.fid_n < 2 or (args.fid_ref_n is not None and args.fid_ref_n < 2):
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     bad_seeds = [s for s in args.seeds if not 0 <= s < 2**32]
     if bad_seeds:
         raise UserError(f"--seeds {bad_seeds[0]} is invalid; seeds must lie in [0, 2**32 - 1]")
+    if args.bootstrap_resamples < 2:
+        raise UserError(f"--bootstrap-resamples {args.bootstrap_resamples} must be >= 2")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit} must be >= 1")
     noises = None
@@ -58,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         sweep_layers=args.sweep_layers.split(",") if args.sweep_layers else None,
         sweep_noises=noises, fid=not args.no_fid, fid_n=args.fid_n, fid_ref_n=args.fid_ref_n,
         fid_sampler=args.fid_sampler, fid_steps=args.fid_steps, linear=not args.no_linear,
-        limit=args.limit, raw_pixels=not args.no_raw_pixels,
+        limit=args.limit, raw_pixels=not args.no_raw_pixels, paired=not args.no_paired,
+        bootstrap_resamples=args.bootstrap_resamples,
         command="python main_compare.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
     )
     result = compare(args.recipes, opts)

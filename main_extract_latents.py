@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssl_diffusion.cli import check_device, run_cli
+from ssl_diffusion.app.cli import check_device, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ssl_diffusion.latent_extraction import dist_rank_world, extract_latents
+    from ssl_diffusion.app.latent_extraction import dist_rank_world, extract_latents
     from ssl_diffusion.models.config import VAEConfig
     from ssl_diffusion.models.vae import load_vae
 

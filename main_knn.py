@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssl_diffusion.eval.cli_args import add_eval_args, eval_kwargs, percent
+    from ssl_diffusion.app.eval_cli import add_eval_args, eval_kwargs, percent
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_args(parser)
     args = parser.parse_args(argv)
     kwargs = eval_kwargs(args)
-    from ssl_diffusion.eval.runner import run_knn
+    from ssl_diffusion.app.evaluate import run_knn
 
     r = run_knn(args.ckpt, args.overrides, **kwargs)
     p = r["protocol"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without self-conditioning")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
+    from ssl_diffusion.app.layer_search import run_layer_search
     from ssl_diffusion.config import load_config
     from ssl_diffusion.errors import UserError
-    from ssl_diffusion.layer_search import run_layer_search
 
     if args.steps < 1 or not 0 < args.tail <= 1:
         raise UserError("--steps must be >= 1 and --tail in (0, 1]")
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     if not layers:
         raise UserError("--layers is empty; give layer names such as block1,block3")
+    from ssl_diffusion.app.pretrain import build_method
     from ssl_diffusion.data.datasets import build_splits
-    from ssl_diffusion.engine import build_method
 
     probe = build_method(cfg, build_splits(cfg.data).info)  # validates names before any run
     for name in layers:

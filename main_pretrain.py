@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,12 +25,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        from ssl_diffusion.cost import dry_run_estimate
+        from ssl_diffusion.app.cost import dry_run_estimate
 
         print(dump_config(cfg), end="")
         print(dry_run_estimate(cfg))  # a YAML comment line: the output still parses
         return 0
-    from ssl_diffusion.engine import pretrain
+    from ssl_diffusion.app.pretrain import pretrain
 
     result = pretrain(cfg, args.config)
     if result["global_rank"] != 0:  # DDP: the other ranks ran the same command; rank 0 reports

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssl_diffusion.eval.cli_args import add_eval_args, eval_kwargs
+    from ssl_diffusion.app.eval_cli import add_eval_args, eval_kwargs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--query", required=True, help="index into --split, or an image file")
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_args(parser, limit=False)
     args = parser.parse_args(argv)
     kwargs = eval_kwargs(args)
-    from ssl_diffusion.eval.retrieval import run_retrieval
+    from ssl_diffusion.app.retrieval import run_retrieval
 
     r = run_retrieval(args.ckpt, args.query, args.overrides, k=args.k, split=args.split,
                       gallery=args.gallery, out=args.out, **kwargs)

@@ -23,7 +23,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 from ssl_diffusion.errors import UserError
 
 
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _seeds(args: argparse.Namespace, first_seed: int) -> list[int]:
-    from ssl_diffusion.generation import parse_seeds
+    from ssl_diffusion.app.generation import parse_seeds
 
     if args.n is not None and args.n < 1:
         raise UserError(f"--n {args.n} is invalid; generate at least 1 image")
@@ -76,7 +76,7 @@ def _seeds(args: argparse.Namespace, first_seed: int) -> list[int]:
 def _device(name: str) -> str:
     import torch
 
-    from ssl_diffusion.cli import check_device
+    from ssl_diffusion.app.cli import check_device
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,22 +92,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ssl_diffusion.engine import load_method, quiet_lightning
-    from ssl_diffusion.generation import (
+    from ssl_diffusion.app.generation import (
         GRID_MAX,
+        GRID_MIN_WIDTH,
         FIDStage,
         NpzWriter,
         check_guidance,
         class_labels_for,
         format_seeds,
         generate_uint8,
+        layered_sampler_config,
         require_generator,
         run_fid,
-        sampler_config,
         sampler_nfe,
         save_grid,
         save_png_folder,
     )
+    from ssl_diffusion.app.loading import load_method
+    from ssl_diffusion.app.pretrain import quiet_lightning
 
     quiet_lightning()
     loaded = load_method(args.ckpt, args.overrides)
@@ -115,11 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     require_generator(method)
     fid_cfg = cfg.eval.fid
     seeds = _seeds(args, fid_cfg.seed)
-    base = cfg.sampler
-    if args.fid:
-        base = sampler_config(base, sampler=fid_cfg.sampler, steps=fid_cfg.steps, cfg=fid_cfg.cfg)
-    scfg = sampler_config(base, sampler=args.sampler, steps=args.steps, eta=args.eta, cfg=args.cfg,
-                          shift=args.shift)
+    scfg = layered_sampler_config(cfg, fid=args.fid, sampler=args.sampler, steps=args.steps,
+                                  eta=args.eta, guidance=args.cfg, shift=args.shift)
     check_guidance(method, scfg)
     classes = args.class_label if args.class_label is not None else args.classes
     labels = class_labels_for(method, seeds, classes)
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                      not args.quiet)
             for start, batch in zip(range(0, len(seeds), args.batch_size), batches):
                 sink(batch, seeds[start : start + len(batch)])
-        written = [save_grid(torch.cat(grid), out / "samples.png")]
+        written = [save_grid(torch.cat(grid), out / "samples.png", min_width=GRID_MIN_WIDTH)]
         if npz is not None:
             written.append(npz.close())
     finally:

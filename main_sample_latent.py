@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ssl_diffusion.cli import check_device, run_cli
+from ssl_diffusion.app.cli import check_device, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,20 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import torch
 
-    from ssl_diffusion.engine import load_method
-    from ssl_diffusion.errors import UserError
-    from ssl_diffusion.eval.inception import load_inception
-    from ssl_diffusion.generation import (
+    from ssl_diffusion.app.generation import (
         class_labels_for,
         generate_uint8,
         sampler_config,
         save_grid,
     )
-    from ssl_diffusion.image_files import NpzWriter
-    from ssl_diffusion.latent_extraction import dist_rank_world
-    from ssl_diffusion.latent_generation import AdmReference, DecodedGenerator, latent_fid
+    from ssl_diffusion.app.image_files import NpzWriter
+    from ssl_diffusion.app.latent_extraction import dist_rank_world
+    from ssl_diffusion.app.latent_generation import AdmReference, DecodedGenerator, latent_fid
+    from ssl_diffusion.app.loading import load_method
+    from ssl_diffusion.app.run_dir import update_metrics
+    from ssl_diffusion.errors import UserError
+    from ssl_diffusion.eval.inception import load_inception
     from ssl_diffusion.models.vae import load_vae
-    from ssl_diffusion.run import update_metrics
 
     if args.n < 1:
         raise UserError(f"--n {args.n} must be >= 1")

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssl_diffusion.eval.cli_args import add_eval_args, eval_kwargs
+    from ssl_diffusion.app.eval_cli import add_eval_args, eval_kwargs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", default=None, help="comma-separated layer names (default: all / a spread)")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_args(parser)
     args = parser.parse_args(argv)
     kwargs = eval_kwargs(args)
-    from ssl_diffusion.eval.runner import run_sweep
+    from ssl_diffusion.app.evaluate import run_sweep
     from ssl_diffusion.eval.sweep import parse_list
 
     r = run_sweep(args.ckpt, args.overrides, layers=parse_list(args.layers, str, "--layers"),

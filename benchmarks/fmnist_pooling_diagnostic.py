@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fmnist_recipe_search import BANK, to_tensor  # the search's gallery size and loader
 
+from ssl_diffusion.app.loading import load_method
 from ssl_diffusion.data.datasets import build_splits
 from ssl_diffusion.data.transforms import eval_transform
-from ssl_diffusion.engine import load_method
 from ssl_diffusion.eval.online import online_knn
 
 

@@ -23,10 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ssl_diffusion.app.loading import load_method
+from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.config import load_config
 from ssl_diffusion.data.datasets import build_splits
 from ssl_diffusion.data.transforms import eval_transform
-from ssl_diffusion.engine import load_method, pretrain
 from ssl_diffusion.eval.online import online_knn
 
 DATA = ["data.name=fashion_mnist", f"data.root={Path(__file__).resolve().parents[2] / 'shared/data'}",

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_diffusion.compare import CompareOptions, compare
+from ssl_diffusion.app.compare import CompareOptions, compare
 from ssl_diffusion.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ TINY = ["data.name=fake", "data.image_size=16", "data.fake_channels=1", "data.fa
 
 def probe_images_per_s(recipe: Path, overrides: list[str], steps: int) -> float:
     """Train ``steps`` steps of the recipe in a throw-away run and return images/s."""
-    from ssl_diffusion.engine import pretrain
+    from ssl_diffusion.app.pretrain import pretrain
 
     cfg = load_config(recipe, [*overrides, f"trainer.max_steps={steps}", "run.root=/tmp/gpu_compare_probe",
                                f"run.name=probe-{int(time.time())}", "eval.online_knn=false",

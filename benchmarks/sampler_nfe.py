@@ -40,15 +40,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ssl_diffusion.engine import load_method, quiet_lightning
-    from ssl_diffusion.eval.fid import extract_stats
-    from ssl_diffusion.generation import (
+    from ssl_diffusion.app.generation import (
         FIDStage,
         fid_metrics,
         generate_uint8,
         require_generator,
         sampler_config,
     )
+    from ssl_diffusion.app.loading import load_method
+    from ssl_diffusion.app.pretrain import quiet_lightning
+    from ssl_diffusion.eval.fid import extract_stats
 
     quiet_lightning()
     loaded = load_method(args.ckpt, args.overrides)
@@ -97,6 +98,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ssl_diffusion.cli import run_cli
+    from ssl_diffusion.app.cli import run_cli
 
     run_cli(main)

@@ -19,14 +19,21 @@ T = TypeVar("T")
 
 
 class Registry:
-    """A named collection of builders with helpful lookup errors."""
+    """A named collection of builders with helpful lookup errors.
+
+    Built-in entries are declared by name with the module that registers them
+    (``add_builtin``), so names can be listed and checked without importing anything (config
+    loading and ``--dry-run`` stay torch-free); a module is imported the first time one of its
+    names is looked up. Plugins come from entry points: their names are known from the package
+    metadata, and their modules load on lookup or ``load_plugins()``.
+    """
 
     def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
         self.kind = kind  # e.g. "method"; used in error messages
         self.entry_point_group = entry_point_group
         self._items: dict[str, Any] = {}
-        self._builtins_loaded = False
-        self._builtin_modules: list[str] = []
+        self._builtins: dict[str, str] = {}  # name -> module whose import registers it
+        self._plugins_loaded = False
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@METHODS.register("simclr") class SimCLR(...)``."""
@@ -39,53 +46,69 @@ class Registry:
 
         return decorator
 
-    def add_builtin_modules(self, *modules: str) -> None:
-        """Modules imported on first lookup; their import registers the built-in entries."""
-        self._builtin_modules.extend(modules)
+    def add_builtin(self, module: str, *names: str) -> None:
+        """Declare built-in ``names`` registered by importing ``module`` (imported on lookup)."""
+        for name in names:
+            self._builtins[name] = module
 
-    def _load(self) -> None:
-        if self._builtins_loaded:
+    def _entry_points(self) -> list[importlib.metadata.EntryPoint]:
+        if not self.entry_point_group:
+            return []
+        return list(importlib.metadata.entry_points(group=self.entry_point_group))
+
+    def load_plugins(self) -> None:
+        """Import every entry-point plugin of this registry (once)."""
+        if self._plugins_loaded:
             return
-        self._builtins_loaded = True
-        for module in self._builtin_modules:
-            importlib.import_module(module)
-        if self.entry_point_group:
-            for ep in importlib.metadata.entry_points(group=self.entry_point_group):
-                try:
-                    ep.load()
-                except Exception as exc:  # a broken plugin must not hide the built-ins
-                    raise UserError(
-                        f"could not load {self.kind} plugin `{ep.name}` ({ep.value}) from entry "
-                        f"point group `{self.entry_point_group}`: {exc}"
-                    ) from exc
-
-    def get(self, name: str) -> Any:
-        self._load()
-        if name not in self._items:
-            raise UserError(
-                f"unknown {self.kind} `{name}`; available: {', '.join(self.names())}"
-                f"{did_you_mean(name, self._items)}"
-            )
-        return self._items[name]
+        self._plugins_loaded = True
+        for ep in self._entry_points():
+            try:
+                ep.load()
+            except Exception as exc:  # a broken plugin must not hide the built-ins
+                raise UserError(
+                    f"could not load {self.kind} plugin `{ep.name}` ({ep.value}) from entry "
+                    f"point group `{self.entry_point_group}`: {exc}"
+                ) from exc
 
     def names(self) -> list[str]:
-        self._load()
-        return sorted(self._items)
+        """Every known name (built-in, registered, entry point) without importing anything."""
+        return sorted({*self._builtins, *self._items, *(ep.name for ep in self._entry_points())})
+
+    def check_name(self, name: str) -> None:
+        """Raise the one-line error for an unknown name (torch-free)."""
+        known = self.names()
+        if name not in known:
+            raise UserError(
+                f"unknown {self.kind} `{name}`; available: {', '.join(known)}"
+                f"{did_you_mean(name, known)}"
+            )
+
+    def get(self, name: str) -> Any:
+        if name not in self._items and name in self._builtins:
+            importlib.import_module(self._builtins[name])
+        if name not in self._items:
+            self.load_plugins()
+        if name not in self._items:
+            self.check_name(name)  # unknown: the one-line error
+            raise UserError(f"{self.kind} `{name}` is declared but its module did not register it")
+        return self._items[name]
 
     def __contains__(self, name: str) -> bool:
-        self._load()
-        return name in self._items
+        return name in self.names()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
 
 METHODS = Registry("method", entry_point_group="ssl_diffusion.methods")
-BACKBONES = Registry("backbone", entry_point_group="ssl_diffusion.backbones")
+BACKBONES = Registry("backbone", entry_point_group="ssl_diffusion.methods.backbones")
 DATASETS = Registry("dataset", entry_point_group="ssl_diffusion.datasets")
 
-METHODS.add_builtin_modules(
-    "ssl_diffusion.methods.simclr", "ssl_diffusion.methods.dino", "ssl_diffusion.methods.ddae"
-)
-BACKBONES.add_builtin_modules("ssl_diffusion.backbones")
-DATASETS.add_builtin_modules("ssl_diffusion.data.datasets", "ssl_diffusion.data.latents")
+METHODS.add_builtin("ssl_diffusion.methods.simclr", "simclr")
+METHODS.add_builtin("ssl_diffusion.methods.dino", "dino")
+METHODS.add_builtin("ssl_diffusion.methods.ddae", "ddae", "ddaepp")
+BACKBONES.add_builtin("ssl_diffusion.methods.backbones", "resnet18", "resnet50", "vit_tiny",
+                      "vit_small", "vit_micro")
+DATASETS.add_builtin("ssl_diffusion.data.datasets", "fashion_mnist", "mnist", "cifar10",
+                     "cifar100", "stl10", "digits", "fake", "imagefolder")
+DATASETS.add_builtin("ssl_diffusion.data.latents", "latents")

@@ -84,7 +84,7 @@ def main_pretrain():
 @pytest.fixture
 def cli(main_pretrain, capsys):
     """Run ``main_pretrain.py`` in-process through ``run_cli``; returns (exit code, stdout, stderr)."""
-    from ssl_diffusion.cli import run_cli
+    from ssl_diffusion.app.cli import run_cli
 
     def call(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
@@ -102,7 +102,7 @@ _TRAINED: dict[str, dict] = {}
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """``trained_run("simclr")``: a 3-step pretraining run, trained once per session."""
-    from ssl_diffusion.engine import pretrain
+    from ssl_diffusion.app.pretrain import pretrain
 
     def get(method: str) -> dict:
         if method not in _TRAINED:

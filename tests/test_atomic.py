@@ -73,6 +73,6 @@ def test_atomic_file_context_and_abort(tmp_path):
 
 
 def test_run_module_keeps_the_old_name():
-    from ssl_diffusion import run
+    from ssl_diffusion.app import run_dir as run
 
     assert run.atomic_write_text is atomic_write_text

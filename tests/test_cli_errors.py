@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_diffusion.checkpoint import load_checkpoint_file
+from ssl_diffusion.app.checkpoint import load_checkpoint_file
 from tests.conftest import TINY, run_script
 
 
@@ -76,7 +76,7 @@ def test_missing_recipe(cli, tmp_path):
 
 
 def test_internal_errors_are_one_line_with_exit_1(cli, tmp_path, recipe, monkeypatch):
-    from ssl_diffusion import engine
+    from ssl_diffusion.app import pretrain as engine
 
     def broken(cfg, recipe=None):
         raise ZeroDivisionError("division by zero\nsecond line")

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from ssl_diffusion.cli import run_cli
-from ssl_diffusion.compare import RunRecord, aggregate, mean_std, parse_recipe_spec
+from ssl_diffusion.app.cli import run_cli
+from ssl_diffusion.app.compare import RunRecord, aggregate, mean_std, parse_recipe_spec
 from ssl_diffusion.errors import UserError
 
 TINY = ["trainer.max_steps=2", "logger.wandb.enabled=false", "trainer.progress_bar=false",
@@ -78,7 +78,7 @@ def test_recipe_spec_with_seeds():
 
 
 def test_a_zero_accuracy_is_reported_not_dropped(tmp_path):
-    from ssl_diffusion.compare import _collect
+    from ssl_diffusion.app.compare import _collect
 
     run = tmp_path / "r-s0"
     run.mkdir()
@@ -104,8 +104,8 @@ def test_gpu_compare_script_runs_end_to_end_on_cpu(tmp_path):
 
 
 def test_an_interrupt_stops_the_comparison_instead_of_moving_on(tmp_path):
-    from ssl_diffusion.compare import _stage
-    from ssl_diffusion.signals import RunInterrupted
+    from ssl_diffusion.app.compare import _stage
+    from ssl_diffusion.app.signals import RunInterrupted
 
     def interrupted():
         raise RunInterrupted("interrupted at step 3; run the same command again to resume", 15)
@@ -121,7 +121,7 @@ def test_an_interrupt_stops_the_comparison_instead_of_moving_on(tmp_path):
 def test_plot_draws_non_generative_methods_as_lines(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from ssl_diffusion.compare import write_plot
+    from ssl_diffusion.app.compare import write_plot
 
     calls = {"scatter": [], "axhline": []}
     for name in calls:
@@ -137,3 +137,65 @@ def test_plot_draws_non_generative_methods_as_lines(tmp_path, monkeypatch):
     write_plot(tmp_path / "c.png", records)
     assert calls["scatter"] == [(200.0, 80.0)] and calls["axhline"] == [(75.0,)]
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _fake_run(root, name, pred, labels, feats, keys, ref_path, values):
+    import numpy as np
+
+    run = root / name
+    (run / "predictions").mkdir(parents=True)
+    np.savez(run / "predictions" / "sweep.npz", test_linear_pred=pred, test_linear_label=labels,
+             test_knn_pred=pred, test_knn_label=labels)
+    np.savez(run / "fid_features.npz", features=feats, key=keys)
+    (run / "metrics.json").write_text(json.dumps(
+        {"fid": {"fid": values["fid"], "kid_subset_size": 20, "reference": {"cache": str(ref_path)}}}))
+    return str(run)
+
+
+def test_paired_analysis_pairs_by_seed_and_tests_within_each_seed(tmp_path):
+    """B - A across seeds (t-interval) and within a seed (McNemar from the saved predictions,
+    checked against a brute-force count; a bootstrap over the generated images)."""
+    import numpy as np
+
+    from ssl_diffusion.app.paired import markdown, paired_analysis
+
+    rng = np.random.default_rng(0)
+    ref = tmp_path / "ref.npz"
+    ref_feats = rng.normal(size=(60, 8)).astype(np.float32)
+    np.savez(ref, mu=ref_feats.mean(0).astype(np.float64), sigma=np.cov(ref_feats, rowvar=False),
+             n=60, kid_features=ref_feats, key="k")
+    labels = rng.integers(0, 3, 50)
+    keys = rng.permutation(40).astype(np.uint64)
+    records = []
+    for seed in (0, 1):
+        pred_a = np.where(rng.random(50) < 0.7, labels, (labels + 1) % 3)
+        pred_b = np.where(rng.random(50) < 0.8, labels, (labels + 1) % 3)
+        feats_a = rng.normal(size=(40, 8)).astype(np.float32)
+        feats_b = (feats_a + 0.3).astype(np.float32)  # B's images are shifted: worse FID
+        for recipe, pred, feats, lin in (("a.yaml", pred_a, feats_a, 70.0 + seed),
+                                         ("b.yaml", pred_b, feats_b, 72.0 + 2 * seed)):
+            run = _fake_run(tmp_path, f"{recipe[0]}-s{seed}", pred, labels, feats, keys, ref,
+                            {"fid": 1.0})
+            records.append(RunRecord(recipe, seed, run, "ddae", "ok", metrics={
+                "sweep_linear_top1": lin, "sweep_knn_top1": lin - 5, "fid": 10.0 + lin,
+                "kid": 0.01}))
+            if recipe == "a.yaml" and seed == 0:
+                brute_a = pred
+            if recipe == "b.yaml" and seed == 0:
+                brute_b = pred
+    out = paired_analysis(records, "a.yaml", resamples=20)
+    e = out["comparisons"]["b.yaml"]
+    assert e["seeds"] == [0, 1]
+    lin = e["across_seeds"]["linear_top1"]
+    assert lin["diffs"] == [2.0, 3.0] and lin["mean"] == 2.5 and lin["n"] == 2
+    m = e["within_seed"]["0"]["linear_top1"]
+    ok_a, ok_b = brute_a == labels, brute_b == labels
+    assert (m["b"], m["c"]) == (int((ok_a & ~ok_b).sum()), int((~ok_a & ok_b).sum()))
+    gen = e["within_seed"]["0"]["generation"]
+    assert gen["fid"]["point"] > 0 and gen["fid"]["resamples"] == 20 and gen["n_a"] == 40
+    md = "\n".join(markdown(out))
+    assert "Paired differences (B - A)" in md and "McNemar" in md and "bootstrap FID" in md
+    # a run whose predictions are missing is skipped, not an error
+    (tmp_path / "b-s1" / "predictions" / "sweep.npz").unlink()
+    assert "linear_top1" not in paired_analysis(records, "a.yaml", 5)["comparisons"]["b.yaml"][
+        "within_seed"]["1"]

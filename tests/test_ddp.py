@@ -104,8 +104,8 @@ def test_gather_rows_concatenates_unequal_shards_in_rank_order(tmp_path):
 
 def test_datamodule_shards_the_online_eval_loaders_by_rank(tiny_cfg):
     """Under DDP each rank embeds its padded block; together they are the one-process loaders."""
+    from ssl_diffusion.app.pretrain import build_datamodule, method_class
     from ssl_diffusion.data.datasets import build_splits
-    from ssl_diffusion.engine import build_datamodule, method_class
 
     cfg = tiny_cfg("method=simclr", "trainer.max_steps=1", "eval.bank_size=23", "eval.val_size=3")
     dm = build_datamodule(cfg, build_splits(cfg.data), method_class(cfg))
@@ -152,8 +152,8 @@ def _online_eval_data() -> list[_Rows]:
 
 
 def _online_eval_method(root: Path):
+    from ssl_diffusion.app.pretrain import build_method
     from ssl_diffusion.data.datasets import build_splits
-    from ssl_diffusion.engine import build_method
     from tests.conftest import tiny_config
 
     cfg = tiny_config(root, "method=simclr", "trainer.max_steps=1")
@@ -259,8 +259,8 @@ def test_contrastive_losses_with_gathered_negatives_match_one_process(tmp_path):
 
 def test_each_rank_draws_its_own_training_noise(tiny_cfg):
     """Lightning seeds every rank alike; SSLMethod.on_train_start gives each rank its stream."""
+    from ssl_diffusion.app.pretrain import build_method
     from ssl_diffusion.data.datasets import build_splits
-    from ssl_diffusion.engine import build_method
 
     cfg = tiny_cfg("method=simclr", "trainer.max_steps=1")
     method = build_method(cfg, build_splits(cfg.data).info)
@@ -306,8 +306,9 @@ def _run_ddp(root: Path, recipe: str, overrides: list[str]) -> subprocess.Comple
 
 def _single_process_online(ckpt: Path) -> tuple[dict, dict]:
     """Online kNN / linear of ``ckpt`` on one process, on the bank and val images of its run."""
+    from ssl_diffusion.app.loading import load_method
+    from ssl_diffusion.app.pretrain import build_datamodule, method_class
     from ssl_diffusion.data.datasets import build_splits
-    from ssl_diffusion.engine import build_datamodule, load_method, method_class
     from ssl_diffusion.eval.online import online_knn, topk_accuracy
 
     loaded = load_method(ckpt)
@@ -383,7 +384,7 @@ def test_ddp_resume_continues_every_ranks_random_stream(ddp_run, tmp_path):
     """
     import shutil
 
-    from ssl_diffusion.checkpoint import load_checkpoint_file
+    from ssl_diffusion.app.checkpoint import load_checkpoint_file
 
     unbroken_dir = ddp_run("ddaepp")
     run_dir = tmp_path / "runs" / "r"
@@ -410,7 +411,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     import signal
     import time
 
-    from ssl_diffusion.checkpoint import load_checkpoint_file
+    from ssl_diffusion.app.checkpoint import load_checkpoint_file
 
     root = tmp_path / "runs"
     root.mkdir()

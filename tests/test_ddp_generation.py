@@ -45,8 +45,8 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 def _fid_eval(ckpt: Path, weights: str, cache_dir: str | None, rank: int = 0,
               world: int = 1) -> dict:
     """The FID callback's protocol on ``ckpt``: this rank's images (with seeds) and the result."""
-    from ssl_diffusion.engine import load_method
-    from ssl_diffusion.generation import FIDStage, sampler_config
+    from ssl_diffusion.app.generation import FIDStage, sampler_config
+    from ssl_diffusion.app.loading import load_method
 
     loaded = load_method(ckpt)
     cfg = loaded.cfg
@@ -100,7 +100,7 @@ def _cache_files(folder: Path) -> list[str]:
 
 def _features_on_rank(ckpt: Path, cache_dir: Path, rank: int) -> dict:
     """Rank 1 extracts first (rank 0 waits), then rank 0, then rank 1 again."""
-    from ssl_diffusion.engine import load_method
+    from ssl_diffusion.app.loading import load_method
     from ssl_diffusion.eval.features import FeatureExtractor
 
     ex = FeatureExtractor(load_method(ckpt), cache_dir=cache_dir, progress=False, device="cpu")

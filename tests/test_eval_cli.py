@@ -33,7 +33,7 @@ def clis():
 @pytest.fixture
 def run(clis, capsys):
     """``run("main_knn", "--ckpt", ...)`` -> (exit code, stdout, stderr), in-process."""
-    from ssl_diffusion.cli import run_cli
+    from ssl_diffusion.app.cli import run_cli
 
     def call(name: str, *argv: str) -> tuple[int, str, str]:
         capsys.readouterr()

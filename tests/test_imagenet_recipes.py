@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ssl_diffusion.app.cost import IMAGENET_TRAIN, THROUGHPUT, estimate, train_images
 from ssl_diffusion.config import dump_config, load_config
-from ssl_diffusion.cost import IMAGENET_TRAIN, THROUGHPUT, estimate, train_images
 
 from .conftest import run_script
 

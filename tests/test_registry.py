@@ -108,7 +108,15 @@ def test_broken_plugin_names_the_entry_point(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     reg = Registry("method", entry_point_group="ssl_diffusion_test.methods")
+    assert reg.names() == ["broken"]  # names come from metadata, without importing the plugin
     with pytest.raises(UserError) as exc:
-        reg.names()
+        reg.get("broken")
     message = str(exc.value)
     assert "`broken`" in message and module in message and "needs torch 9" in message
+
+
+@pytest.mark.parametrize("registry", [METHODS, BACKBONES, DATASETS], ids=lambda r: r.kind)
+def test_declared_builtin_names_are_exactly_what_their_modules_register(registry):
+    for name in registry._builtins:
+        assert registry.get(name) is not None
+    assert set(registry._items) == set(registry._builtins)

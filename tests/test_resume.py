@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 
-from ssl_diffusion import engine
-from ssl_diffusion.checkpoint import load_checkpoint_file
-from ssl_diffusion.signals import RunInterrupted
+from ssl_diffusion.app import pretrain as engine
+from ssl_diffusion.app.checkpoint import load_checkpoint_file
+from ssl_diffusion.app.signals import RunInterrupted
+from ssl_diffusion.methods.base import warmup_cosine
 from tests.conftest import tiny_config
 
 STEPS = 7
@@ -139,8 +141,8 @@ def test_interrupted_run_resumes_to_identical_weights(
 def test_extending_a_finished_run_matches_an_unbroken_run(tmp_path):
     """max_steps=3 (stops mid-epoch), then the same command with max_steps=7.
 
-    A constant learning rate: a cosine schedule is stretched over max_steps, so extending a run
-    legitimately changes the first steps' learning rates.
+    A constant learning rate: extending a run keeps its schedules (their length is pinned to the
+    first leg, trainer.schedule_steps), which differ from a 7-step run's under a cosine schedule.
     """
     const = "optim.schedule=constant"
     _run(tmp_path / "a", "simclr", const, f"trainer.max_steps={STEPS}")
@@ -149,6 +151,8 @@ def test_extending_a_finished_run_matches_an_unbroken_run(tmp_path):
     resumed = _run(tmp_path / "b", "simclr", const, f"trainer.max_steps={STEPS}")
     assert resumed["steps"] == STEPS
     _assert_same_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt")
+    saved = yaml.safe_load((tmp_path / "b" / "r" / "config.yaml").read_text())["trainer"]
+    assert saved["schedule_steps"] == 3 and saved["max_steps"] == STEPS  # schedules kept
     # Running the finished command once more trains nothing and leaves the weights alone.
     again = _run(tmp_path / "b", "simclr", const, f"trainer.max_steps={STEPS}")
     assert again["steps"] == STEPS
@@ -171,3 +175,18 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tmp_path, monk
     assert (saved["global_step"], saved["epoch"]) == (3, 0)
     assert _run(tmp_path / "b", "simclr", f"trainer.max_steps={STEPS}")["steps"] == STEPS
     _assert_same_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt")
+
+
+def test_extending_keeps_the_schedules_of_the_first_leg(tmp_path):
+    """Cosine lr: the extended run's first steps have the 3-step run's lr, the extra steps the
+    schedule's final value (not a stretched 7-step cosine)."""
+    _run(tmp_path / "b", "simclr", "optim.warmup_steps=0", "trainer.max_steps=3")
+    _run(tmp_path / "b", "simclr", "optim.warmup_steps=0", f"trainer.max_steps={STEPS}")
+    with (tmp_path / "b" / "r" / "metrics.csv").open() as f:
+        lrs = {int(r["step"]): float(r["train/lr"]) for r in csv.DictReader(f) if r["train/lr"]}
+    assert set(lrs) >= {0, 1, 2, 3, STEPS - 1}
+    base = lrs[0]
+    for step, lr in lrs.items():  # min_lr_ratio 0: the extra steps run at lr 0
+        expect = base * warmup_cosine(min(step, 3), 3, 0, 0.0, "cosine")
+        assert lr == pytest.approx(expect, rel=1e-5, abs=1e-9), (step, lr, expect)
+    assert lrs[1] < base and lrs[STEPS - 1] == 0.0

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_diffusion.checkpoint import META_KEY, load_checkpoint_file
-from ssl_diffusion.engine import load_method, pretrain
+from ssl_diffusion.app.checkpoint import META_KEY, load_checkpoint_file
+from ssl_diffusion.app.loading import load_method
+from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.errors import UserError
 from tests.conftest import TINY, tiny_config
 

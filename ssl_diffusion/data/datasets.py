@@ -9,32 +9,18 @@ latents (pre-extracted VAE latents, ``latents.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from ssl_diffusion.config.sections import DataConfig
+from ssl_diffusion.data.imagefolder import load_imagefolder
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.registry import DATASETS
-
-
-@dataclass
-class DataInfo:
-    """What models and transforms need to know about a dataset."""
-
-    name: str
-    num_classes: int
-    channels: int  # 1 for grey datasets; every backbone adapts its stem to this
-    image_size: int  # side length after the dataset-level resize
-    mean: list[float]  # per-channel, in [0, 1] units (dataset normalisation)
-    std: list[float]
-    class_names: list[str] = field(default_factory=list)
-    kind: str = "image"  # "image" (PIL items) | "latent" (pre-extracted VAE latents, latents.py)
-    latent: dict | None = None  # latent datasets: VAE path, pixel size, flip (LatentInfo); mean
-    # and std above are then the per-channel latent statistics, used to decode generated latents
 
 
 @dataclass
@@ -86,7 +72,7 @@ _STATS = {
 }
 
 
-def _torchvision(name: str, cls_name: str, folder: str, cfg: Any, native: int, channels: int):
+def _torchvision(name: str, cls_name: str, folder: str, cfg: DataConfig, native: int, channels: int):
     import torchvision
 
     cls = getattr(torchvision.datasets, cls_name)
@@ -110,27 +96,27 @@ def _torchvision(name: str, cls_name: str, folder: str, cfg: Any, native: int, c
 
 
 @DATASETS.register("fashion_mnist")
-def fashion_mnist(cfg: Any):
+def fashion_mnist(cfg: DataConfig):
     return _torchvision("fashion_mnist", "FashionMNIST", "FashionMNIST/raw", cfg, 28, 1)
 
 
 @DATASETS.register("mnist")
-def mnist(cfg: Any):
+def mnist(cfg: DataConfig):
     return _torchvision("mnist", "MNIST", "MNIST/raw", cfg, 28, 1)
 
 
 @DATASETS.register("cifar10")
-def cifar10(cfg: Any):
+def cifar10(cfg: DataConfig):
     return _torchvision("cifar10", "CIFAR10", "cifar-10-batches-py", cfg, 32, 3)
 
 
 @DATASETS.register("cifar100")
-def cifar100(cfg: Any):
+def cifar100(cfg: DataConfig):
     return _torchvision("cifar100", "CIFAR100", "cifar-100-python", cfg, 32, 3)
 
 
 @DATASETS.register("stl10")
-def stl10(cfg: Any):
+def stl10(cfg: DataConfig):
     return _torchvision("stl10", "STL10", "stl10_binary", cfg, 96, 3)
 
 
@@ -138,7 +124,7 @@ DIGITS_TEST_FRACTION = 0.2  # sklearn digits has no official test split: a fixed
 
 
 @DATASETS.register("digits")
-def digits(cfg: Any):
+def digits(cfg: DataConfig):
     """sklearn's bundled 8x8 handwritten digits (1797 images), upsampled; no download needed."""
     from sklearn.datasets import load_digits
 
@@ -161,7 +147,7 @@ def digits(cfg: Any):
 
 
 @DATASETS.register("fake")
-def fake(cfg: Any):
+def fake(cfg: DataConfig):
     """torchvision FakeData: random images for tests (labels carry no signal)."""
     from torchvision.datasets import FakeData
 
@@ -176,14 +162,12 @@ def fake(cfg: Any):
 
 
 @DATASETS.register("imagefolder")
-def imagefolder(cfg: Any):
+def imagefolder(cfg: DataConfig):
     """``data.root``/train/<class>/*.png and ``data.root``/val/<class>/*.png (val = test split)."""
-    from ssl_diffusion.data.imagefolder import load_imagefolder
-
     return load_imagefolder(cfg)
 
 
-def build_splits(cfg: Any) -> Splits:
+def build_splits(cfg: DataConfig) -> Splits:
     """Train / val / test splits. Val is a fixed held-out part of train (``data.val_fraction``,
     ``data.split_seed``) used for model selection; test is only ever reported."""
     builder = DATASETS.get(cfg.name)

@@ -7,11 +7,12 @@ non-image file, an unreadable image, or (without ``data.image_size``) images of 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ssl_diffusion.config.sections import DataConfig
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -79,9 +80,7 @@ class CheckedImageFolder(Dataset):
             raise UserError(f"unreadable image {path}: {exc}") from None
 
 
-def load_imagefolder(cfg: Any):
-    from ssl_diffusion.data.datasets import DataInfo
-
+def load_imagefolder(cfg: DataConfig):
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise UserError(f"data.root={cfg.root} does not exist; point it at a folder with train/ and val/")

@@ -201,7 +201,7 @@ class LatentInfo:
 @DATASETS.register("latents")
 def latents(cfg: Any):
     """``data.root``/train and ``data.root``/val extracted by ``main_extract_latents.py``."""
-    from ssl_diffusion.data.datasets import DataInfo
+    from ssl_diffusion.data.info import DataInfo
 
     root = Path(cfg.root).expanduser()
     if not root.is_dir():

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from ssl_diffusion.config import Config
 from ssl_diffusion.data.datasets import Splits
 
 PAD_LABEL = -1  # label of the rows that pad an EvalShard; dropped after gathering across ranks
@@ -143,7 +144,7 @@ def first_n(dataset: Dataset, n: int | None) -> Dataset:
 class SSLDataModule(pl.LightningDataModule):
     """Train views for the method; eval-transformed bank (train) and val loaders for online eval."""
 
-    def __init__(self, cfg: Any, splits: Splits, train_transform: Callable,
+    def __init__(self, cfg: Config, splits: Splits, train_transform: Callable,
                  eval_transform: Callable) -> None:
         super().__init__()
         self.cfg = cfg

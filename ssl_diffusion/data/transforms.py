@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torchvision import transforms as T
 
-from ssl_diffusion.data.datasets import DataInfo
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.errors import UserError
 
 PRESETS = ("simclr", "dino", "diffusion", "eval")

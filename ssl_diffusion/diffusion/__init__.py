@@ -1,7 +1,7 @@
 """Diffusion formulations (DDPM / EDM / flow), samplers and augmentation, architecture-agnostic.
 
-The only thing this package knows about networks is the ``Denoiser`` call contract of
-``ssl_diffusion.models.base``. Configs live in the torch-free ``diffusion.config``.
+The only thing this package knows about networks is the call contract in ``protocols.py``
+(``models.Denoiser`` satisfies it); it never imports ``ssl_diffusion.models``. Configs live in the torch-free ``diffusion.config``.
 Public names are imported lazily, so ``import ssl_diffusion.diffusion.config`` stays torch-free.
 """
 

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssl_diffusion.diffusion.config import SAMPLERS, SamplerConfig
 from ssl_diffusion.diffusion.objectives.base import Objective
+from ssl_diffusion.diffusion.protocols import DenoiserNet
 from ssl_diffusion.diffusion.samplers import (
     Denoise,
     Progress,
@@ -94,7 +95,7 @@ def check_sampler_config(cfg: SamplerConfig) -> None:
 
 def sample(
     objective: Objective,
-    net: nn.Module,
+    net: DenoiserNet,
     noise: Tensor,
     sampler_cfg: SamplerConfig,
     class_labels: Tensor | None = None,

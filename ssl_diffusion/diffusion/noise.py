@@ -15,8 +15,14 @@ vectorised over tensors and keep the input's device and dtype.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from ssl_diffusion.errors import UserError, did_you_mean
+
+NOISE_UNITS = ("sigma", "logsnr")  # how configs and CLIs give a noise level
 
 
 def _tensor(x: Tensor | float) -> Tensor:
@@ -31,6 +37,24 @@ def logsnr_from_sigma(sigma: Tensor | float) -> Tensor:
 def sigma_from_logsnr(logsnr: Tensor | float) -> Tensor:
     """Inverse of ``logsnr_from_sigma``: sigma = exp(-logSNR / 2)."""
     return torch.exp(-0.5 * _tensor(logsnr))
+
+
+def _check_unit(unit: str) -> None:
+    if unit not in NOISE_UNITS:
+        raise UserError(f"unknown noise unit `{unit}`; choose one of {', '.join(NOISE_UNITS)}"
+                        f"{did_you_mean(unit, NOISE_UNITS)}")
+
+
+def to_sigma(noise: float, unit: str) -> float:
+    """A noise level given as VE ``sigma`` or ``logsnr`` (= -2 ln sigma) -> sigma (float64)."""
+    _check_unit(unit)
+    return float(noise) if unit == "sigma" else math.exp(-0.5 * float(noise))
+
+
+def from_sigma(sigma: float, unit: str) -> float:
+    """VE sigma -> the noise level in ``unit`` (``sigma`` or ``logsnr``), float64."""
+    _check_unit(unit)
+    return float(sigma) if unit == "sigma" else -2.0 * math.log(sigma) + 0.0  # no -0.0
 
 
 def vp_scale(sigma: Tensor | float) -> Tensor:

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ssl_diffusion.errors import UserError, did_you_mean
+
+LINEAR_OPTIMIZERS = ("sgd", "lars", "adamw")
+
 
 @dataclass
 class KNNConfig:
@@ -32,6 +36,27 @@ class KNNConfig:
     max_memory_mb: int = 256  # MiB bound of one float32 similarity block (queries x bank rows)
     normalize: bool = True  # L2-normalise features: inner product = cosine similarity (DINO)
 
+    def validate(self) -> None:
+        """Raise a UserError one-liner for an unusable kNN protocol."""
+        if not self.k or any(k < 1 for k in self.k):
+            raise UserError(
+                f"eval.knn.k={self.k} must be a non-empty list of positive ints, e.g. [10, 20, 100, 200]"
+            )
+        if self.report_k not in self.k:
+            raise UserError(
+                f"eval.knn.report_k={self.report_k} is not in eval.knn.k={self.k}; pick one of {self.k}"
+            )
+        if not self.temperature > 0:
+            raise UserError(f"eval.knn.temperature={self.temperature} must be > 0 (DINO: 0.07)")
+        if self.nlist < 1 or self.nprobe < 1:
+            raise UserError(f"eval.knn.nlist={self.nlist} and eval.knn.nprobe={self.nprobe} must be >= 1")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise UserError(
+                f"eval.knn.chunk_size={self.chunk_size} must be >= 1 or null (derived from memory)"
+            )
+        if self.max_memory_mb < 1:
+            raise UserError(f"eval.knn.max_memory_mb={self.max_memory_mb} must be >= 1, e.g. 256")
+
 
 @dataclass
 class LinearConfig:
@@ -53,3 +78,28 @@ class LinearConfig:
     batch_size: int = 256  # samples per step; last partial batch dropped (MAE: 16384, ImageNet)
     warmup_epochs: int = 10  # linear warm-up, then half-cosine to 0 per step (MAE: 10)
     seed: int = 0  # seeds head init and shuffling: same seed + features = same result
+
+    def validate(self) -> None:
+        """Raise a UserError one-liner for an unusable linear-probe protocol."""
+        if self.optimizer not in LINEAR_OPTIMIZERS:
+            raise UserError(
+                f"unknown eval.linear.optimizer `{self.optimizer}`; choose one of "
+                f"{', '.join(LINEAR_OPTIMIZERS)}{did_you_mean(self.optimizer, LINEAR_OPTIMIZERS)}"
+            )
+        if not self.lr > 0 or not self.weight_decay >= 0 or not 0 <= self.momentum < 1:
+            raise UserError(
+                f"eval.linear.lr={self.lr} must be > 0, eval.linear.weight_decay={self.weight_decay} >= 0 "
+                f"and eval.linear.momentum={self.momentum} in [0, 1)"
+            )
+        if self.epochs < 1 or self.batch_size < 2:
+            raise UserError(
+                f"eval.linear.epochs={self.epochs} must be >= 1 and eval.linear.batch_size="
+                f"{self.batch_size} >= 2"
+            )
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise UserError(
+                f"eval.linear.warmup_epochs={self.warmup_epochs} must lie in [0, eval.linear.epochs="
+                f"{self.epochs}]"
+            )
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"eval.linear.seed={self.seed} must be a seed in [0, 2**32 - 1]")

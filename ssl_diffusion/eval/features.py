@@ -23,22 +23,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ssl_diffusion.atomic import atomic_write
+from ssl_diffusion.config import to_dict
+from ssl_diffusion.data.datasets import build_splits
+from ssl_diffusion.data.module import ViewDataset, first_n
+from ssl_diffusion.data.transforms import eval_transform, normalization
+from ssl_diffusion.diffusion.noise import from_sigma
 from ssl_diffusion.errors import UserError, did_you_mean
+from ssl_diffusion.eval.spec import FeatureSpec
+
+if TYPE_CHECKING:  # annotations only: eval sits below methods
+    from ssl_diffusion.methods.base import SSLMethod
 
 SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1  # bump when the cached layout or the extraction semantics change
-NOISE_UNITS = ("sigma", "logsnr")
 # Config sections that cannot change the features of a split (training length, optimiser,
 # logging, sampling, the evaluators' own settings); everything else is part of the cache key.
 _KEY_IGNORED = ("run", "logger", "trainer", "optim", "sampler", "eval")
@@ -46,87 +55,15 @@ _DATA_IGNORED = ("batch_size", "num_workers", "download")
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
-# --------------------------------------------------------------------------- noise levels
-
-
-def to_sigma(noise: float, unit: str) -> float:
-    """A noise level given as VE ``sigma`` or ``logsnr`` (= -2 ln sigma) -> sigma."""
-    _check_unit(unit)
-    return float(noise) if unit == "sigma" else math.exp(-0.5 * float(noise))
-
-
-def from_sigma(sigma: float, unit: str) -> float:
-    """VE sigma -> the noise level in ``unit`` (``sigma`` or ``logsnr``)."""
-    _check_unit(unit)
-    return float(sigma) if unit == "sigma" else -2.0 * math.log(sigma) + 0.0  # no -0.0
-
-
-def _check_unit(unit: str) -> None:
-    if unit not in NOISE_UNITS:
-        raise UserError(f"unknown noise unit `{unit}`; choose one of {', '.join(NOISE_UNITS)}"
-                        f"{did_you_mean(unit, NOISE_UNITS)}")
-
-
-def is_diffusion(method: Any) -> bool:
-    """Methods whose features are a function of (layer, noise level)."""
-    return hasattr(method, "extract_features_multi")
-
-
-def checked_sigma(method: Any, noise: float, unit: str) -> float:
-    """Sigma of ``noise`` (in ``unit``), or a one-line error when it is outside the schedule."""
-    sigma = to_sigma(noise, unit)
-    try:
-        method.objective.check_sigma(sigma)
-    except UserError as exc:
-        raise UserError(f"noise {noise:g} ({unit}): {exc}") from None
-    return sigma
-
-
 # --------------------------------------------------------------------------- what is extracted
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Which features: a diffusion tap (layer, sigma, weights) or the method's own encoder."""
-
-    layer: str | None  # tapped layer; None = the method's encoder output (SimCLR / DINO)
-    sigma: float | None  # VE noise level of the tap; None when noise does not apply
-    use_ema: bool | None  # EMA (True) or raw (False) weights; None when not applicable
-
-    @property
-    def tag(self) -> str:
-        """Short readable name used in cache file names."""
-        if self.layer is None:
-            return "encoder"
-        return f"{self.layer}-sigma{self.sigma:.4g}-{'ema' if self.use_ema else 'raw'}"
-
-
-def resolve_spec(method: Any, cfg: Any, layer: str | None = None, noise: float | None = None,
-                 noise_unit: str | None = None, use_ema: bool | None = None) -> FeatureSpec:
-    """The features to extract: explicit arguments first, then ``cfg.eval.features``.
-
-    For diffusion methods ``layer="auto"`` is the model's default tap and ``noise`` is read in
-    ``noise_unit`` (default ``eval.features.noise_unit``). Other methods accept no layer or noise.
-    """
-    f = cfg.eval.features
-    if not is_diffusion(method):
-        if layer is not None or noise is not None:
-            raise UserError(f"method `{cfg.method}` has one representation (its backbone output); "
-                            f"feature layer and noise apply to diffusion methods only — drop them")
-        return FeatureSpec(None, None, None)
-    layer = f.layer if layer is None else layer
-    layer = method.net.default_feature_layer if layer == "auto" else method.net.check_layer(layer)
-    unit = f.noise_unit if noise_unit is None else noise_unit
-    sigma = checked_sigma(method, f.noise if noise is None else noise, unit)
-    use_ema = f.use_ema if use_ema is None else use_ema
-    return FeatureSpec(layer, sigma, bool(use_ema and method.ema is not None))
-
-
-def describe_spec(spec: FeatureSpec, cfg: Any, noise_unit: str | None = None) -> dict[str, Any]:
+def describe_spec(spec: FeatureSpec, method: SSLMethod,
+                  noise_unit: str | None = None) -> dict[str, Any]:
     """JSON-ready description of ``spec`` stored beside every result."""
+    cfg = method.cfg
     if spec.layer is None:
-        name = {"dino": "the momentum teacher's backbone output"}.get(cfg.method, "the backbone "
-                                                                      "output")
+        name = method.feature_source
         return {"method": cfg.method, "layer": None, "noise": None, "use_ema": None,
                 "source": f"extract_features(): {name}; eval.features (layer, noise) does not "
                           f"apply to {cfg.method} and was ignored"}
@@ -139,7 +76,7 @@ def describe_spec(spec: FeatureSpec, cfg: Any, noise_unit: str | None = None) ->
 
 
 @torch.no_grad()
-def encode(method: Any, spec: FeatureSpec, x: Tensor) -> Tensor:
+def encode(method: SSLMethod, spec: FeatureSpec, x: Tensor) -> Tensor:
     """(N, D) float32 features of one normalised image batch ``x`` (N, C, H, W)."""
     if spec.layer is None:
         return method.extract_features(x).float()
@@ -246,8 +183,6 @@ class FeatureExtractor:
     def __init__(self, loaded: Any, *, cache_dir: str | Path | None | bool = None,
                  batch_size: int | None = None, device: str | None = None,
                  progress: bool = True) -> None:
-        from ssl_diffusion.data.transforms import eval_transform, normalization
-
         self.loaded = loaded
         self.method, self.cfg, self.info = loaded.method, loaded.cfg, loaded.info
         folder = Path(cache_dir) if cache_dir else Path(loaded.path).parent / "features"
@@ -276,8 +211,6 @@ class FeatureExtractor:
     def splits(self) -> Any:
         """The dataset splits of the checkpoint's data config (built once)."""
         if self._splits is None:
-            from ssl_diffusion.data.datasets import build_splits
-
             splits = build_splits(self.cfg.data)
             a, b = splits.info, self.info
             if (a.num_classes, a.channels, a.image_size) != (b.num_classes, b.channels,
@@ -291,8 +224,6 @@ class FeatureExtractor:
 
     def dataset(self, split: str, limit: int | None = None) -> Any:
         """(PIL image, label) dataset of ``split``, truncated to its first ``limit`` rows."""
-        from ssl_diffusion.data.module import first_n
-
         if split not in SPLITS:
             raise UserError(f"unknown split `{split}`; choose one of {', '.join(SPLITS)}"
                             f"{did_you_mean(split, SPLITS)}")
@@ -312,8 +243,6 @@ class FeatureExtractor:
         return self._sha1
 
     def cache_key(self, split: str, spec: FeatureSpec, limit: int | None) -> dict:
-        from ssl_diffusion.config import to_dict
-
         config = {k: v for k, v in to_dict(self.cfg).items() if k not in _KEY_IGNORED}
         config["data"] = {k: v for k, v in config["data"].items() if k not in _DATA_IGNORED}
         return {
@@ -334,13 +263,13 @@ class FeatureExtractor:
 
     def _meta(self, split: str, spec: FeatureSpec, n: int, dim: int, limit: int | None) -> dict:
         return {"split": split, "size": n, "dim": dim, "limit": limit,
-                "features": describe_spec(spec, self.cfg), "transform": self.transform_id,
+                "features": describe_spec(spec, self.method), "transform": self.transform_id,
                 "checkpoint": {"path": str(self.loaded.path), "sha1": self.checkpoint_sha1}}
 
     # ------------------------------------------------------------------ extraction
     def spec(self, **kwargs: Any) -> FeatureSpec:
-        """:func:`resolve_spec` for this checkpoint (kwargs: layer, noise, noise_unit, use_ema)."""
-        return resolve_spec(self.method, self.cfg, **kwargs)
+        """The method's ``feature_spec`` (kwargs: layer, noise, unit, use_ema)."""
+        return self.method.feature_spec(**kwargs)
 
     def extract(self, split: str, spec: FeatureSpec | None = None, *,
                 limit: int | None = None) -> FeatureSet:
@@ -354,7 +283,7 @@ class FeatureExtractor:
     def extract_layers(self, split: str, layers: Sequence[str], sigma: float,
                        use_ema: bool | None, *, limit: int | None = None) -> dict[str, FeatureSet]:
         """Features of several layers at one noise level; uncached layers share one pass."""
-        if not is_diffusion(self.method):
+        if not self.method.generative:
             raise UserError(f"method `{self.cfg.method}` has no feature layers to tap")
         if not layers:
             raise UserError("no feature layers given; name at least one layer")
@@ -386,11 +315,6 @@ class FeatureExtractor:
     def _compute(self, split: str, specs: list[FeatureSpec],
                  limit: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
         """One pass over the split computing every spec (all share sigma and weights)."""
-        from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
-
-        from ssl_diffusion.data.module import ViewDataset
-
         data = ViewDataset(self.dataset(split, limit), self.transform)
         loader = DataLoader(data, batch_size=self.batch_size, shuffle=False,
                             num_workers=self.cfg.data.num_workers,
@@ -424,12 +348,7 @@ __all__ = [
     "FeatureSet",
     "FeatureSpec",
     "atomic_save",
-    "checked_sigma",
     "checkpoint_sha1",
     "describe_spec",
     "encode",
-    "from_sigma",
-    "is_diffusion",
-    "resolve_spec",
-    "to_sigma",
 ]

@@ -8,6 +8,9 @@
   ``sqrtm`` and no eps-offset retries are needed; rank-deficient (small-n) covariances work.
   ``frechet_distance_from_features`` gives the same value from raw features in O(n^3) for n < D:
   ``compute_fid`` uses it automatically in the small-data CPU regime (a few hundred to 2k images).
+* ``FrechetResampler`` / ``KIDResampler``: FID / KID of many row resamples of one feature set
+  against a fixed reference (bootstrap intervals, ``paired.py``), with the expensive parts
+  (sqrt of the reference covariance, projections, kernel matrices) computed once.
 * KID (Binkowski et al. 2018): unbiased MMD^2, cubic polynomial kernel, averaged over subsets.
 * IS (Salimans et al. 2016): only when the network has classifier logits (torch-fidelity weights).
 * Reference statistics of a dataset split are cached as .npz keyed by (dataset, split, resolution,
@@ -22,8 +25,9 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -205,10 +209,15 @@ def _psd_eigvals_clean(ev: np.ndarray) -> np.ndarray:
     return np.where(ev > len(ev) * np.finfo(np.float64).eps * top, ev, 0.0)
 
 
+def psd_sqrt(cov: np.ndarray) -> np.ndarray:
+    """Symmetric PSD square root of a covariance via eigh (rounding-noise eigenvalues set to 0)."""
+    w, v = scipy.linalg.eigh(cov, driver="evd")  # evd: the fastest LAPACK driver at D=2048
+    return (v * np.sqrt(_psd_eigvals_clean(w))) @ v.T  # (D, D)
+
+
 def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
     """tr sqrt(cov1 cov2) for PSD matrices via symmetric eigh (stable when rank-deficient)."""
-    w, v = scipy.linalg.eigh(cov1, driver="evd")  # evd: the fastest LAPACK driver at D=2048
-    sqrt1 = (v * np.sqrt(_psd_eigvals_clean(w))) @ v.T  # sqrt(cov1), symmetric PSD
+    sqrt1 = psd_sqrt(cov1)
     m = sqrt1 @ cov2 @ sqrt1  # same eigenvalues as cov1 @ cov2
     ev = scipy.linalg.eigh((m + m.T) / 2, eigvals_only=True, driver="evd")
     return float(np.sqrt(_psd_eigvals_clean(ev)).sum())
@@ -246,6 +255,59 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     return float(max(fid, 0.0))  # tiny negative values are rounding of an exact 0
 
 
+class FrechetResampler:
+    """FID of row resamples of one generated feature set against fixed reference statistics.
+
+    For bootstrap intervals (``eval/paired.py``): sqrt(C_ref) = S is taken once, the features are
+    projected once (Y = F S), and a resample's tr sqrt(C_gen C_ref) = tr sqrt(S C_gen S) comes
+    from the eigenvalues of the centred projected rows' Gram matrix (n x n, or D x D when n > D),
+    the same identity ``frechet_distance_from_features`` uses; no D x D eigh per resample.
+    ``sqrt_ref`` lets several resamplers share one ``psd_sqrt(ref_cov)``.
+    """
+
+    def __init__(self, feats: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray,
+                 sqrt_ref: np.ndarray | None = None) -> None:
+        self.feats = np.asarray(feats, np.float64)  # (N, D)
+        self.ref_mu = np.asarray(ref_mu, np.float64)  # (D,)
+        if self.feats.ndim != 2 or self.feats.shape[1] != len(self.ref_mu) or len(self.feats) < 2:
+            raise ValueError(f"need (N >= 2, {len(self.ref_mu)}) features, got {self.feats.shape}")
+        self.ref_trace = float(np.trace(ref_cov))
+        sqrt_ref = psd_sqrt(np.asarray(ref_cov, np.float64)) if sqrt_ref is None else sqrt_ref
+        self.projected = self.feats @ sqrt_ref  # (N, D): rows of F S
+
+    def __call__(self, rows: np.ndarray | None = None) -> float:
+        """FID of ``feats[rows]`` (repeats allowed; None = all rows), ddof=1 covariance."""
+        f = self.feats if rows is None else self.feats[rows]  # (n, D)
+        y = self.projected if rows is None else self.projected[rows]  # (n, D)
+        n, d = f.shape
+        a, yc = f - f.mean(0), y - y.mean(0)  # centred (n, D): yc = a S
+        gram = yc @ yc.T if n <= d else yc.T @ yc  # PSD; non-zero eigenvalues of (n-1) S C S
+        ev = _psd_eigvals_clean(np.linalg.eigvalsh(gram)) / (n - 1)
+        diff = f.mean(0) - self.ref_mu
+        fid = diff @ diff + (a**2).sum() / (n - 1) + self.ref_trace - 2 * np.sqrt(ev).sum()
+        return float(max(fid, 0.0))
+
+
+def _kid_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cubic polynomial kernel k(x, y) = (x.y / d + 1)^3 of KID, float64 (Na, Nb)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a @ b.T / a.shape[1] + 1) ** 3
+
+
+def _mmd2_unbiased(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
+    """Unbiased MMD^2 of two equal-size (m) samples from their kernel matrices (m, m)."""
+    m = len(kxx)
+    off_diag = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(off_diag - 2 * kxy.mean())
+
+
+def _kid_subsets(n1: int, n2: int, m: int, subsets: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The (rows of set 1, rows of set 2) of each KID subset: m of each, without replacement."""
+    rng = np.random.default_rng(seed)
+    for _ in range(subsets):
+        yield rng.choice(n1, m, replace=False), rng.choice(n2, m, replace=False)
+
+
 def kernel_inception_distance(
     feats1: np.ndarray, feats2: np.ndarray, subset_size: int = 1000, subsets: int = 100, seed: int = 0
 ) -> tuple[float, float]:
@@ -253,16 +315,45 @@ def kernel_inception_distance(
     m = min(subset_size, len(feats1), len(feats2))
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(feats1)} and {len(feats2)}")
-    rng = np.random.default_rng(seed)
-    d = feats1.shape[1]
     mmds = np.empty(subsets)
-    for s in range(subsets):
-        x = feats1[rng.choice(len(feats1), m, replace=False)].astype(np.float64)  # (m, d)
-        y = feats2[rng.choice(len(feats2), m, replace=False)].astype(np.float64)  # (m, d)
-        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))  # (m, m)
-        off_diag = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-        mmds[s] = off_diag - 2 * kxy.mean()
+    for s, (i1, i2) in enumerate(_kid_subsets(len(feats1), len(feats2), m, subsets, seed)):
+        x, y = feats1[i1], feats2[i2]  # (m, d) each
+        mmds[s] = _mmd2_unbiased(_kid_kernel(x, x), _kid_kernel(y, y), _kid_kernel(x, y))
     return float(mmds.mean()), float(mmds.std())
+
+
+class KIDResampler:
+    """KID of row resamples of one generated feature set against fixed reference features.
+
+    Equals ``kernel_inception_distance(feats[rows], ref_feats, subset_size, subsets, seed)`` for
+    any ``rows`` of length N (the subset draws depend only on N), but the kernels are computed
+    once: gen x gen (N, N), gen x ref (N, R) and the reference subsets' own terms, so a resample
+    costs index lookups (bootstrap intervals, ``paired.py``). Memory: 8 (N^2 + N R) bytes.
+    """
+
+    def __init__(self, feats: np.ndarray, ref_feats: np.ndarray, subset_size: int = 1000,
+                 subsets: int = 100, seed: int = 0) -> None:
+        self.n = len(feats)
+        self.m = min(subset_size, self.n, len(ref_feats))
+        if self.m < 2:
+            raise ValueError(f"KID needs at least 2 samples per set, got {self.n} and {len(ref_feats)}")
+        self.subsets, self.seed, self.n_ref = subsets, seed, len(ref_feats)
+        self.k_gen = _kid_kernel(feats, feats)  # (N, N)
+        self.k_cross = _kid_kernel(feats, ref_feats)  # (N, R)
+        self.draws = list(_kid_subsets(self.n, self.n_ref, self.m, subsets, seed))
+        self.k_ref = [_kid_kernel(ref_feats[i2], ref_feats[i2]) for _, i2 in self.draws]  # (m, m)
+
+    def __call__(self, rows: np.ndarray | None = None) -> tuple[float, float]:
+        """(mean, std) KID of ``feats[rows]`` (length N, repeats allowed; None = all rows)."""
+        rows = np.arange(self.n) if rows is None else np.asarray(rows)
+        if len(rows) != self.n:
+            raise ValueError(f"resample must have {self.n} rows (the subset draws depend on it), "
+                             f"got {len(rows)}")
+        mmds = np.empty(self.subsets)
+        for s, ((i1, i2), kyy) in enumerate(zip(self.draws, self.k_ref)):
+            idx = rows[i1]  # (m,) generated rows of this subset
+            mmds[s] = _mmd2_unbiased(self.k_gen[np.ix_(idx, idx)], kyy, self.k_cross[np.ix_(idx, i2)])
+        return float(mmds.mean()), float(mmds.std())
 
 
 @dataclass(frozen=True)
@@ -349,6 +440,12 @@ def reference_cache_path(key: ReferenceKey, feature_net_id: str, cache_dir: str)
 def _key_json(key: ReferenceKey, feature_net_id: str) -> str:
     return json.dumps({**asdict(key), "feature_net": feature_net_id, "resize": RESIZE_ID},
                       sort_keys=True)
+
+
+def load_reference_stats(path: str | Path) -> ReferenceStats:
+    """Reference statistics from a cache file written by ``reference_stats`` (no key check)."""
+    with np.load(path) as z:
+        return ReferenceStats(z["mu"], z["sigma"], int(z["n"]), z["kid_features"], str(path), True)
 
 
 def _load_cached(path: str, key_json: str, want_kid: int) -> ReferenceStats | None:

@@ -9,6 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ssl_diffusion.errors import UserError, did_you_mean
+
+REF_SPLITS = ("train", "val", "test")  # dataset splits reference statistics may come from
+
+
+def check_ref_split(split: str) -> None:
+    if split not in REF_SPLITS:
+        raise UserError(f"eval.fid.ref_split={split!r} is not a split; choose one of "
+                        f"{', '.join(REF_SPLITS)}{did_you_mean(split, REF_SPLITS)}")
+
 
 @dataclass
 class FIDConfig:
@@ -29,3 +39,19 @@ class FIDConfig:
     kid_max_n: int = 10_000  # features kept per set for KID (uniform bottom-k sample; memory cap)
     is_splits: int = 10  # Inception Score splits (Salimans et al. 2016 protocol)
     use_ema: bool = True  # sample from the EMA weights (standard for diffusion FID)
+
+    def validate(self) -> None:
+        """Range checks that types cannot express (one-line UserErrors)."""
+        if self.n < 2:
+            raise UserError(f"eval.fid.n={self.n} is invalid; FID needs at least 2 generated images")
+        if self.ref_n is not None and self.ref_n < 2:
+            raise UserError(f"eval.fid.ref_n={self.ref_n} is invalid; use >= 2 images or null "
+                            f"(whole split)")
+        if self.every_n_epochs < 0:
+            raise UserError(f"eval.fid.every_n_epochs={self.every_n_epochs} is invalid; use >= 0 "
+                            f"(0 = only at the end of training)")
+        if self.batch_size < 1:
+            raise UserError(f"eval.fid.batch_size={self.batch_size} is invalid; it must be >= 1")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"eval.fid.seed={self.seed} must be a seed in [0, 2**32 - 1]")
+        check_ref_split(self.ref_split)

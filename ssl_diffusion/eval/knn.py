@@ -64,33 +64,13 @@ def weighted_knn_predict(
     return scores.scatter_add_(1, neighbor_labels.long(), weights)  # (Q, C)
 
 
-def validate_knn_config(cfg: KNNConfig) -> None:
-    """Raise a UserError one-liner for an unusable ``KNNConfig``."""
-    if not cfg.k or any(k < 1 for k in cfg.k):
-        raise UserError(
-            f"knn.k={cfg.k} must be a non-empty list of positive ints, e.g. [10, 20, 100, 200]"
-        )
-    if cfg.report_k not in cfg.k:
-        raise UserError(f"knn.report_k={cfg.report_k} is not in knn.k={cfg.k}; pick one of {cfg.k}")
-    if not cfg.temperature > 0:
-        raise UserError(f"knn.temperature={cfg.temperature} must be > 0 (DINO: 0.07)")
-    resolve_backend(cfg.backend, cfg.index)  # checks both choices and their combination
-    if cfg.nlist < 1 or cfg.nprobe < 1:
-        raise UserError(f"knn.nlist={cfg.nlist} and knn.nprobe={cfg.nprobe} must be >= 1")
-    if cfg.chunk_size is not None and cfg.chunk_size < 1:
-        raise UserError(
-            f"knn.chunk_size={cfg.chunk_size} must be >= 1 or null (derived from memory)"
-        )
-    if cfg.max_memory_mb < 1:
-        raise UserError(f"knn.max_memory_mb={cfg.max_memory_mb} must be >= 1, e.g. 256")
-
-
 class KNNEvaluator:
     """Weighted kNN top-1/top-5 accuracy of query features against a labelled bank."""
 
     def __init__(self, cfg: KNNConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else KNNConfig()
-        validate_knn_config(self.cfg)
+        self.cfg.validate()
+        resolve_backend(self.cfg.backend, self.cfg.index)  # checks both choices and their combination
 
     def search(
         self, bank_feats: Tensor | np.ndarray, query_feats: Tensor | np.ndarray
@@ -146,6 +126,8 @@ class KNNEvaluator:
             scores = weighted_knn_predict(sims[:, :k], labels[:, :k], num_classes, cfg.temperature)
             acc = topk_accuracy(scores, query_y)
             out[f"knn_top1@k{k}"], out[f"knn_top5@k{k}"] = acc[1], acc[5]
+            if k == cfg.report_k:  # per-query top-1 class (paired tests between two models)
+                out["predictions"] = scores.argmax(dim=1).numpy().astype(np.int64)  # (Q,)
         out["knn_top1"] = out[f"knn_top1@k{cfg.report_k}"]
         out["knn_top5"] = out[f"knn_top5@k{cfg.report_k}"]
         out["protocol"] = {

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssl_diffusion.errors import UserError, did_you_mean
+from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.accuracy import as_labels, topk_accuracy
 from ssl_diffusion.eval.config import LinearConfig
 from ssl_diffusion.eval.neighbors import as_features
+from ssl_diffusion.optim import LARS
 
-OPTIMIZERS = ("sgd", "lars", "adamw")
 _EVAL_BATCH = 8192  # rows per forward pass at evaluation time
 _SINGLE_THREAD_MACS = 2**26  # per-step batch x dim x classes below which CPU training uses 1 thread
 
@@ -59,49 +59,6 @@ class LinearProbe(nn.Module):
         return self.linear(self.bn(x))  # (N, C)
 
 
-class LARS(torch.optim.Optimizer):
-    """Layer-wise adaptive rate scaling (You et al. 2017) as used by MAE's linear probe.
-
-    Matrices get the trust ratio ``eta * |p| / |g + wd * p|`` before momentum; vectors (bias) take
-    plain momentum SGD without weight decay.
-    """
-
-    def __init__(
-        self,
-        params,
-        lr: float,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        eta: float = 0.001,
-    ):
-        super().__init__(
-            params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta}
-        )
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                update = p.grad
-                if p.ndim > 1:
-                    update = update.add(p, alpha=group["weight_decay"])
-                    p_norm, u_norm = p.norm(), update.norm()
-                    trust = torch.where(
-                        (p_norm > 0) & (u_norm > 0),
-                        group["eta"] * p_norm / u_norm,
-                        torch.ones_like(p_norm),
-                    )
-                    update = update.mul(trust)
-                buf = self.state[p].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[p]["momentum_buffer"] = update.clone()
-                else:
-                    buf.mul_(group["momentum"]).add_(update)
-                p.add_(buf, alpha=-group["lr"])
-
-
 @dataclass
 class ProbeFit:
     """A trained probe and how it was trained."""
@@ -111,28 +68,6 @@ class ProbeFit:
     peak_lr: float  # lr * batch_size / 256
     steps: int  # optimizer steps taken
     num_train: int  # training samples in the last epoch
-
-
-def validate_linear_config(cfg: LinearConfig) -> None:
-    """Raise a UserError one-liner for an unusable ``LinearConfig``."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise UserError(
-            f"unknown linear.optimizer `{cfg.optimizer}`; choose one of {', '.join(OPTIMIZERS)}"
-            f"{did_you_mean(cfg.optimizer, OPTIMIZERS)}"
-        )
-    if not cfg.lr > 0 or cfg.weight_decay < 0 or not 0 <= cfg.momentum < 1:
-        raise UserError(
-            f"linear.lr={cfg.lr} must be > 0, linear.weight_decay={cfg.weight_decay} >= 0 and "
-            f"linear.momentum={cfg.momentum} in [0, 1)"
-        )
-    if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise UserError(
-            f"linear.epochs={cfg.epochs} must be >= 1 and linear.batch_size={cfg.batch_size} >= 2"
-        )
-    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-        raise UserError(
-            f"linear.warmup_epochs={cfg.warmup_epochs} must lie in [0, linear.epochs={cfg.epochs}]"
-        )
 
 
 def lr_at(progress: float, cfg: LinearConfig) -> float:
@@ -181,7 +116,7 @@ def fit_linear_probe(
     with ``train_labels=None``. Batches of ``cfg.batch_size`` in a seeded random order; the last
     incomplete batch is dropped (MAE) unless the data is smaller than one batch.
     """
-    validate_linear_config(cfg)
+    cfg.validate()
     if num_classes < 2:
         raise UserError(f"num_classes={num_classes} must be >= 2 for a classifier")
     if callable(train_feats):
@@ -267,7 +202,8 @@ def evaluate_probe(probe: LinearProbe, feats: Tensor, labels: Tensor) -> dict[st
         [probe(feats[i : i + _EVAL_BATCH].to(device)) for i in range(0, len(feats), _EVAL_BATCH)]
     )
     acc = topk_accuracy(logits, labels)
-    return {"top1": acc[1], "top5": acc[5]}
+    return {"top1": acc[1], "top5": acc[5],
+            "predictions": logits.argmax(dim=1).cpu().numpy().astype(np.int64)}  # (N,) top-1
 
 
 def train_linear_probe(
@@ -291,7 +227,7 @@ def train_linear_probe(
         epoch) and ``"protocol"`` (the config plus the actual peak lr, steps and sizes).
     """
     cfg = cfg if cfg is not None else LinearConfig()
-    validate_linear_config(cfg)
+    cfg.validate()
     if num_classes < 2:
         raise UserError(f"num_classes={num_classes} must be >= 2 for a classifier")
     dim = None if callable(train_feats) else torch.as_tensor(train_feats).shape[-1]
@@ -310,6 +246,7 @@ def train_linear_probe(
             )
         acc = evaluate_probe(fit.probe, feats, labels)
         out[f"{name}_top1"], out[f"{name}_top5"] = acc["top1"], acc["top5"]
+        out.setdefault("predictions", {})[name] = acc["predictions"]  # (N,) per split
     out["train_loss"] = fit.train_loss
     out["protocol"] = {
         **asdict(cfg),

@@ -8,7 +8,6 @@ capped at the bank size) on the torch backend.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from torch import Tensor
 
@@ -23,14 +22,14 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) 
     return [acc[k] for k in ks]
 
 
-def knn_settings(knn_cfg: Any = None) -> tuple[int, float]:
+def knn_settings(knn_cfg: KNNConfig | None = None) -> tuple[int, float]:
     """The (k, T) of the online kNN."""
     cfg = knn_cfg if knn_cfg is not None else KNNConfig()
     return cfg.report_k, cfg.temperature
 
 
 def online_knn(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor,
-               num_classes: int, knn_cfg: Any = None) -> dict[str, float]:
+               num_classes: int, knn_cfg: KNNConfig | None = None) -> dict[str, float]:
     """DINO weighted kNN of val queries against the bank (top-1/top-5 in percent)."""
     base = knn_cfg if knn_cfg is not None else KNNConfig()
     k = min(base.report_k, bank.shape[0])

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ssl_diffusion.diffusion.noise import from_sigma, to_sigma
 from ssl_diffusion.errors import UserError, did_you_mean
-from ssl_diffusion.eval.features import from_sigma, to_sigma
 
 METRICS = ("knn", "linear", "both")
 DEFAULT_SIGMA_RANGE = (0.01, 1.0)  # VE sigma range of the default noise grid

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from typing import Any
+from dataclasses import asdict
+from typing import Any, ClassVar
 
 import numpy as np
 import pytorch_lightning as pl
@@ -26,9 +27,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_diffusion.config import Config, to_dict
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.data.module import PAD_LABEL
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.eval.online import knn_settings, online_knn, topk_accuracy
+from ssl_diffusion.eval.spec import FeatureSpec
 from ssl_diffusion.methods.ema import EMA
+from ssl_diffusion.methods.momentum import momentum_update, teacher_momentum
+from ssl_diffusion.optim import LARS
+from ssl_diffusion.version import __version__
+
+META_KEY = "ssl_diffusion"  # checkpoint entry holding method, arch, config and data info
 
 
 class NonFiniteLossError(UserError):
@@ -94,12 +104,30 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float, schedule
 
 
 class SSLMethod(pl.LightningModule):
+    """The method contract every evaluator, loader, generator and comparison relies on.
+
+    Subclasses implement ``training_loss`` (named loss terms, optionally ``feats``) and
+    ``extract_features``; they declare what callers may ask of them here instead of being
+    inspected by name or ``hasattr``:
+
+    - ``generative``: the method samples images (``generate``) and its features are a function
+      of (layer, noise level) (``feature_spec``, ``extract_features_multi``).
+    - ``feature_spec(layer, noise, unit, use_ema)``: the one place where ``layer="auto"`` and a
+      noise level in sigma or logSNR are resolved and checked.
+    - ``momentum_pairs()`` / ``momentum_range()``: (student, teacher) pairs that follow the one
+      shared teacher-momentum schedule (``methods/momentum.py``), applied before every step.
+    - ``learnable_parameter_groups(lr)``: what the optimiser trains (never a teacher, the EMA
+      copy or, outside its own group, the online probe).
+    """
+
     default_aug: str = "simclr"  # augmentation preset when aug.preset is null
     normalization: str = "dataset"  # dataset | symmetric ([-1, 1], diffusion models)
     default_ema: bool = False  # ema.enabled=null resolves to this
+    generative: ClassVar[bool] = False  # samples images; features are a (layer, noise) grid
+    feature_source: ClassVar[str] = "the backbone output"  # what extract_features returns
     feature_dim: int
 
-    def __init__(self, cfg: Any, info: Any) -> None:
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__()
         self.cfg = cfg
         self.info = info
@@ -126,6 +154,29 @@ class SSLMethod(pl.LightningModule):
     def validate_config(self) -> None:
         """Method-specific config checks (raise UserError)."""
 
+    def feature_spec(self, layer: str | None = None, noise: float | None = None,
+                     unit: str | None = None, use_ema: bool | None = None) -> FeatureSpec:
+        """The features ``extract_features`` returns; methods with one representation (SimCLR,
+        DINO) accept no layer or noise."""
+        if layer is not None or noise is not None:
+            raise UserError(f"method `{self.cfg.method}` has one representation (its backbone "
+                            f"output); feature layer and noise apply to diffusion methods only "
+                            f"— drop them")
+        return FeatureSpec(None, None, None)
+
+    @property
+    def class_conditional(self) -> bool:
+        """Whether ``generate`` takes class labels (classifier-free guidance applies)."""
+        return False
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(student, teacher) module pairs that follow the teacher-momentum schedule."""
+        return []
+
+    def momentum_range(self) -> tuple[float, float]:
+        """(start, end) momentum of the teachers in ``momentum_pairs``."""
+        return (0.996, 1.0)
+
     def compile_targets(self) -> list[nn.Module]:
         """Networks compiled in place by ``trainer.compile=true`` (state-dict keys unchanged)."""
         return [m for m in (getattr(self, "backbone", None), getattr(self, "net", None)) if m is not None]
@@ -133,6 +184,24 @@ class SSLMethod(pl.LightningModule):
     def compile_networks(self) -> None:
         for module in self.compile_targets():
             module.compile()
+
+    # ------------------------------------------------------------------ schedules
+    def schedule_steps(self) -> int:
+        """Length of the lr and teacher-momentum schedules: ``trainer.schedule_steps`` (pinned
+        when a run is extended) or the run's own length."""
+        if self.cfg.trainer.schedule_steps is not None:
+            return self.cfg.trainer.schedule_steps
+        return max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
+
+    def update_teachers(self) -> float | None:
+        """Move every momentum teacher towards its student; returns the momentum used."""
+        pairs = self.momentum_pairs()
+        if not pairs:
+            return None
+        m = teacher_momentum(self.global_step, self.schedule_steps(), *self.momentum_range())
+        for student, teacher in pairs:
+            momentum_update(student, teacher, m)
+        return m
 
     # ------------------------------------------------------------------ construction helpers
     def setup_shared(self) -> None:
@@ -152,12 +221,6 @@ class SSLMethod(pl.LightningModule):
         return self.cfg.backbone.name
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from dataclasses import asdict
-
-        from ssl_diffusion import __version__
-        from ssl_diffusion.checkpoint import META_KEY
-        from ssl_diffusion.config import to_dict
-
         checkpoint[META_KEY] = {
             "version": __version__,
             "method": self.cfg.method,
@@ -184,6 +247,7 @@ class SSLMethod(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         views, labels = batch[0], batch[1]
         self._step_skipped = False
+        self.update_teachers()
         out = self.training_loss(views, labels)
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -273,8 +337,6 @@ class SSLMethod(pl.LightningModule):
 
     def online_protocol(self) -> dict[str, Any]:
         """How the online numbers were computed (stored beside them in metrics.json)."""
-        from ssl_diffusion.eval.online import knn_settings
-
         k, temperature = knn_settings(getattr(self.cfg.eval, "knn", None))
         sizes = {split: len(self._val.get(f"{split}_labels", ())) for split in ("bank", "val")}
         return {"split": "val", "knn_k": k, "knn_temperature": temperature,
@@ -283,8 +345,6 @@ class SSLMethod(pl.LightningModule):
 
     def online_metrics(self) -> dict[str, float]:
         """Online kNN / linear accuracies on the gathered bank and val split (``_gather_val``)."""
-        from ssl_diffusion.eval.online import online_knn, topk_accuracy
-
         v = self._val
         metrics: dict[str, float] = {}
         if "val_labels" not in v:
@@ -300,9 +360,21 @@ class SSLMethod(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        skip = ("online_linear.", "ema.")
-        return [(n, p) for n, p in self.named_parameters()
-                if p.requires_grad and not n.startswith(skip)]
+        """Parameters the optimiser updates: no momentum teacher, EMA copy or online probe."""
+        frozen = [t for _, t in self.momentum_pairs()]
+        frozen += [m for m in (self.ema, self.online_linear) if m is not None]
+        skip = {id(p) for module in frozen for p in module.parameters()}
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in skip]
+
+    def learnable_parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser groups: decayed matrices, undecayed vectors, the online probe on its own."""
+        groups = _weight_decay_groups(self.trainable_named_parameters(), self.cfg.optim.weight_decay)
+        if self.online_linear is not None:
+            groups.append({"params": list(self.online_linear.parameters()), "weight_decay": 0.0,
+                           "lr": self.cfg.eval.online_linear_lr or lr})
+        for g in groups:
+            g.setdefault("lr", lr)
+        return groups
 
     def configure_optimizers(self) -> Any:
         o = self.cfg.optim
@@ -310,12 +382,7 @@ class SSLMethod(pl.LightningModule):
         if o.lr_scaling == "linear":
             world = self.trainer.world_size if self._trainer is not None else 1
             lr = o.lr * self.cfg.data.batch_size * world / 256
-        groups = _weight_decay_groups(self.trainable_named_parameters(), o.weight_decay)
-        if self.online_linear is not None:
-            groups.append({"params": list(self.online_linear.parameters()), "weight_decay": 0.0,
-                           "lr": self.cfg.eval.online_linear_lr or lr})
-        for g in groups:
-            g.setdefault("lr", lr)
+        groups = self.learnable_parameter_groups(lr)
         if o.name == "adamw":
             opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas))
         elif o.name == "adam":
@@ -323,10 +390,8 @@ class SSLMethod(pl.LightningModule):
         elif o.name == "sgd":
             opt = torch.optim.SGD(groups, lr=lr, momentum=o.momentum)
         else:
-            from lightly.utils.lars import LARS
-
             opt = LARS(groups, lr=lr, momentum=o.momentum)
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        total = self.schedule_steps()
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_cosine(step, total, o.warmup_steps, o.min_lr_ratio, o.schedule)
         )

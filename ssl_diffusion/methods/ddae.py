@@ -23,22 +23,25 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
+from ssl_diffusion.config import Config
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.diffusion import build_objective
 from ssl_diffusion.diffusion.augment import AUG_DIM, AugmentPipe
+from ssl_diffusion.diffusion.config import SamplerConfig
 from ssl_diffusion.diffusion.generate import sample
-from ssl_diffusion.diffusion.noise import sigma_from_logsnr
+from ssl_diffusion.diffusion.noise import to_sigma
 from ssl_diffusion.diffusion.rng import per_sample_randn, seed_generators, seeded_randn
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.eval.spec import FeatureSpec
 from ssl_diffusion.methods.base import SSLMethod, step_generator
 from ssl_diffusion.methods.contrastive import (
     moco_v3_predictor,
     moco_v3_projector,
     symmetric_infonce,
 )
-from ssl_diffusion.methods.ema import clone_frozen
+from ssl_diffusion.methods.ema import batchnorm_batch_stats, clone_frozen
 from ssl_diffusion.models import build_denoiser
 from ssl_diffusion.models.base import arm_module_rng
 from ssl_diffusion.registry import METHODS
@@ -55,13 +58,14 @@ def content_seeds(x: Tensor, seed: int) -> list[int]:
 
 @METHODS.register("ddae")
 class DDAE(SSLMethod):
+    generative = True  # samples images; features are a function of (layer, noise level)
     default_aug = "diffusion"
     normalization = "symmetric"  # diffusion models work on [-1, 1]
     default_ema = True
     selfcond_default = False  # ddae is the baseline: self-conditioning off
     allow_contrastive = False
 
-    def __init__(self, cfg: Any, info: Any) -> None:
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__(cfg, info)
         self.objective = build_objective(cfg.diffusion)
         self.use_aug_labels = cfg.ddae.augment or cfg.contrastive.weight > 0
@@ -72,7 +76,7 @@ class DDAE(SSLMethod):
             num_classes=info.num_classes if cfg.ddae.class_conditional else 0,
             aug_dim=AUG_DIM if self.use_aug_labels else 0,
         )
-        self.feature_layer = self._feature_layer()
+        self.feature_layer = self._resolve_layer(cfg.eval.features.layer)
         self.feature_dim = self.net.feature_dims[self.feature_layer]
         self.augment_pipe = AugmentPipe(cfg.augment) if cfg.ddae.augment else None
         if cfg.contrastive.weight > 0:
@@ -97,7 +101,7 @@ class DDAE(SSLMethod):
             raise UserError(f"contrastive.weight must be >= 0, got {c.contrastive.weight}")
         if not 0 <= c.ddae.label_dropout < 1:
             raise UserError(f"ddae.label_dropout must be in [0, 1), got {c.ddae.label_dropout}")
-        self.feature_sigma()  # raises for a noise level outside the schedule
+        self.feature_spec()  # raises for a noise level outside the schedule
         if getattr(self.info, "kind", "image") == "latent":
             if c.sampler.clip_x0:
                 raise UserError("sampler.clip_x0=true clips to the pixel range [-1, 1], which "
@@ -114,20 +118,26 @@ class DDAE(SSLMethod):
     def ema_source(self) -> nn.Module:
         return self.net
 
-    def _feature_layer(self) -> str:
-        layer = self.cfg.eval.features.layer
-        if layer == "auto":
-            return self.net.default_feature_layer
-        return self.net.check_layer(layer)
+    def _resolve_layer(self, layer: str) -> str:
+        return self.net.default_feature_layer if layer == "auto" else self.net.check_layer(layer)
 
-    def feature_sigma(self) -> float:
+    def feature_spec(self, layer: str | None = None, noise: float | None = None,
+                     unit: str | None = None, use_ema: bool | None = None) -> FeatureSpec:
+        """Explicit arguments first, then ``eval.features``; ``layer="auto"`` is the model's
+        default tap and ``noise`` is read in ``unit`` (sigma or logsnr) and checked against the
+        objective's range."""
         f = self.cfg.eval.features
-        sigma = f.noise if f.noise_unit == "sigma" else float(sigma_from_logsnr(torch.tensor(f.noise)))
+        layer = self._resolve_layer(f.layer if layer is None else layer)
+        source = "eval.features.noise=" if noise is None else "noise "
+        noise = f.noise if noise is None else noise
+        unit = f.noise_unit if unit is None else unit
+        sigma = to_sigma(noise, unit)
         try:
             self.objective.check_sigma(sigma)
         except UserError as exc:
-            raise UserError(f"eval.features.noise={f.noise} ({f.noise_unit}): {exc}") from None
-        return sigma
+            raise UserError(f"{source}{noise:g} ({unit}): {exc}") from None
+        use_ema = f.use_ema if use_ema is None else use_ema
+        return FeatureSpec(layer, sigma, bool(use_ema and self.ema is not None))
 
     # ------------------------------------------------------------------ features
     def feature_net(self, use_ema: bool | None = None) -> nn.Module:
@@ -148,7 +158,7 @@ class DDAE(SSLMethod):
         noise level (the layer x noise sweep); the noise is the same as ``extract_features``'."""
         layers = [self.net.check_layer(name) for name in layers]
         last = max(layers, key=self.net.layer_names.index)
-        sigma = self.feature_sigma() if sigma is None else sigma
+        sigma = self.feature_spec().sigma if sigma is None else sigma
         net = self.feature_net(use_ema)
         was_training = net.training
         net.eval()
@@ -219,9 +229,21 @@ class DDAE(SSLMethod):
         view_cfg.p = c.aug_p
         self.view_pipe = AugmentPipe(view_cfg)
 
-    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        frozen = ("teacher_net.", "teacher_projector.")
-        return [(n, p) for n, p in super().trainable_named_parameters() if not n.startswith(frozen)]
+    @property
+    def class_conditional(self) -> bool:
+        return self.cfg.ddae.class_conditional
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        if self.cfg.contrastive.weight <= 0:
+            return []
+        pairs = [(self.projector, self.teacher_projector)]
+        if self.teacher_net is not None:
+            pairs.insert(0, (self.net, self.teacher_net))
+        return pairs
+
+    def momentum_range(self) -> tuple[float, float]:
+        c = self.cfg.contrastive
+        return (c.momentum_start, c.momentum_end)
 
     def _lambda(self) -> float:
         c = self.cfg.contrastive
@@ -253,11 +275,7 @@ class DDAE(SSLMethod):
 
     def _contrastive_step(self, x: Tensor, class_labels: Tensor | None) -> dict[str, Tensor]:
         c = self.cfg.contrastive
-        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
-        m = cosine_schedule(self.global_step, total, c.momentum_start, c.momentum_end)
-        if self.teacher_net is not None:
-            _momentum_update(self.net, self.teacher_net, m)
-        _momentum_update(self.projector, self.teacher_projector, m)
+        # the teachers were moved towards the students before this step (SSLMethod.update_teachers)
         views, aug = self.view_pipe(torch.cat([x, x]))  # (2N, C, H, W), (2N, 9)
         labels2 = None if class_labels is None else torch.cat([class_labels, class_labels])
         taps = (self.contrastive_layer,) if c.shared_pass else ()
@@ -269,9 +287,11 @@ class DDAE(SSLMethod):
         else:
             z = self._vector(self.net, views, c.student_sigma, aug, labels2)  # (2N, D)
         q1, q2 = self.predictor(self.projector(z)).chunk(2)  # (N, P) each
-        with torch.no_grad():
+        teacher = self._teacher()
+        with torch.no_grad(), batchnorm_batch_stats(teacher, self.teacher_projector,
+                                                    enabled=c.teacher_bn == "batch"):
             teacher_sigma = c.teacher_sigma if c.teacher_sigma is not None else c.student_sigma
-            zt = self._vector(self._teacher(), views, teacher_sigma, aug, labels2)
+            zt = self._vector(teacher, views, teacher_sigma, aug, labels2)
             k1, k2 = self.teacher_projector(zt).chunk(2)
         l_cl = symmetric_infonce(q1, q2, k1, k2, c.temperature)
         lam = self._lambda()
@@ -280,7 +300,7 @@ class DDAE(SSLMethod):
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, seeds: Sequence[int], sampler_cfg: Any = None, class_labels: Tensor | None = None,
+    def generate(self, seeds: Sequence[int], sampler_cfg: SamplerConfig | None = None, class_labels: Tensor | None = None,
                  use_ema: bool = True, progress: Any = None, dtype: torch.dtype = torch.float64) -> Tensor:
         """Images (N, C, H, W) in [-1, 1] for per-sample ``seeds`` (batch-size independent)."""
         sampler_cfg = sampler_cfg or self.cfg.sampler
@@ -298,15 +318,6 @@ class DDAE(SSLMethod):
         if getattr(self.info, "kind", "image") == "latent":
             return images.float()  # normalised latents: decoded by the latent generation stage
         return images.float().clamp(-1, 1)
-
-
-@torch.no_grad()
-def _momentum_update(model: nn.Module, teacher: nn.Module, m: float) -> None:
-    t_params, s_params = list(teacher.parameters()), list(model.parameters())
-    torch._foreach_mul_(t_params, m)
-    torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1.0 - m)
-    for tb, sb in zip(teacher.buffers(), model.buffers()):
-        tb.copy_(sb)
 
 
 @METHODS.register("ddaepp")

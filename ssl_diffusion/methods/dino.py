@@ -10,22 +10,21 @@ local crops sized from the data). Features: the momentum teacher's backbone.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import update_momentum
-from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor
 
-from ssl_diffusion.backbones import build_backbone
+from ssl_diffusion.config import Config
+from ssl_diffusion.data.info import DataInfo
+from ssl_diffusion.methods.backbones import build_backbone
 from ssl_diffusion.methods.base import SSLMethod
+from ssl_diffusion.methods.config import DINOConfig
 from ssl_diffusion.methods.ema import clone_frozen
 from ssl_diffusion.registry import METHODS
 
 
-def _head(cfg: Any, input_dim: int) -> DINOProjectionHead:
+def _head(cfg: DINOConfig, input_dim: int) -> DINOProjectionHead:
     return DINOProjectionHead(input_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim,
                               norm_last_layer=cfg.norm_last_layer)
 
@@ -33,9 +32,10 @@ def _head(cfg: Any, input_dim: int) -> DINOProjectionHead:
 @METHODS.register("dino")
 class DINO(SSLMethod):
     default_aug = "dino"
+    feature_source = "the momentum teacher's backbone output"
     normalization = "dataset"
 
-    def __init__(self, cfg: Any, info: Any) -> None:
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__(cfg, info)
         d = cfg.dino
         self.backbone = build_backbone(cfg.backbone, info)
@@ -60,14 +60,11 @@ class DINO(SSLMethod):
     def ema_source(self) -> torch.nn.Module:
         return self.backbone
 
-    def trainable_named_parameters(self) -> list:
-        return [(n, p) for n, p in super().trainable_named_parameters()
-                if not n.startswith(("teacher_backbone.", "teacher_head."))]
+    def momentum_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
 
-    def _momentum(self) -> float:
-        d = self.cfg.dino
-        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
-        return cosine_schedule(self.global_step, total, d.momentum_start, d.momentum_end)
+    def momentum_range(self) -> tuple[float, float]:
+        return (self.cfg.dino.momentum_start, self.cfg.dino.momentum_end)
 
     def _teacher_temp(self) -> float:
         d = self.cfg.dino
@@ -77,9 +74,7 @@ class DINO(SSLMethod):
         return d.teacher_temp
 
     def training_loss(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
-        m = self._momentum()
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.head, self.teacher_head, m)
+        # the teachers were moved towards the students before this step (SSLMethod.update_teachers)
         global_views = views[:2]
         n = global_views[0].shape[0]
         with torch.no_grad():

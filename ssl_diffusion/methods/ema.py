@@ -1,8 +1,11 @@
-"""Exponential moving average of a module's weights (kept as a submodule, so it is checkpointed)."""
+"""Exponential moving average of a module's weights (kept as a submodule, so it is checkpointed),
+frozen copies, and the BatchNorm mode of momentum teachers (MoCo v3: batch statistics)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -14,6 +17,27 @@ def clone_frozen(module: nn.Module) -> nn.Module:
     for p in twin.parameters():
         p.requires_grad_(False)
     return twin.eval()
+
+
+@contextmanager
+def batchnorm_batch_stats(*modules: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Run the BatchNorm layers of frozen ``modules`` on batch statistics inside the block.
+
+    MoCo v3 (Chen, Xie & He 2021) keeps its momentum encoder in train mode, so its BatchNorm
+    normalises with the current batch's statistics. Only BatchNorm layers switch (dropout and
+    the rest keep their mode); every mode is restored on exit. Their running statistics are
+    updated meanwhile but never read (``_momentum_update`` overwrites them from the student).
+    """
+    bns = [m for mod in modules for m in mod.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
+    modes = [m.training for m in bns]
+    for m in bns:
+        m.train()
+    try:
+        yield
+    finally:
+        for m, mode in zip(bns, modes):
+            m.train(mode)
 
 
 class EMA(nn.Module):

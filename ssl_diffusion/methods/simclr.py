@@ -8,14 +8,14 @@ backbone's when ``ema.enabled``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
 
-from ssl_diffusion.backbones import build_backbone
+from ssl_diffusion.config import Config
+from ssl_diffusion.data.info import DataInfo
+from ssl_diffusion.methods.backbones import build_backbone
 from ssl_diffusion.methods.base import SSLMethod
 from ssl_diffusion.registry import METHODS
 
@@ -25,7 +25,7 @@ class SimCLR(SSLMethod):
     default_aug = "simclr"
     normalization = "dataset"
 
-    def __init__(self, cfg: Any, info: Any) -> None:
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__(cfg, info)
         s = cfg.simclr
         self.backbone = build_backbone(cfg.backbone, info)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ssl_diffusion.errors import UserError, did_you_mean
+
 if TYPE_CHECKING:
     from ssl_diffusion.models.selfcond import SelfCondOutput
 
@@ -73,8 +75,6 @@ class Denoiser(nn.Module):
     default_feature_layer: str  # feature tap for eval.features.layer="auto"
 
     def check_layer(self, name: str) -> str:
-        from ssl_diffusion.errors import UserError, did_you_mean
-
         if name not in self.layer_names:
             raise UserError(
                 f"unknown layer `{name}` for {type(self).__name__}; valid layers: "
@@ -97,8 +97,6 @@ class Denoiser(nn.Module):
         last = self.layer_names.index(self.check_layer(stop_after))
         late = [n for n in self.layer_names[last + 1 :] if n in wanted]
         if late:
-            from ssl_diffusion.errors import UserError
-
             raise UserError(
                 f"taps {late} lie after stop_after=`{stop_after}`; drop them or stop later"
             )
@@ -106,8 +104,6 @@ class Denoiser(nn.Module):
 
     def resolve_source_layer(self, name: str) -> str:
         """Self-conditioning source: "auto" -> ``default_source_layer``; else a valid layer name."""
-        from ssl_diffusion.errors import UserError, did_you_mean
-
         if name == "auto":
             return self.default_source_layer
         if name not in self.layer_names:

@@ -137,7 +137,9 @@ class SelfCondConfig:
     detach: bool = False  # stop the s-path gradient into the source (spec §2.5: it flows) [UNK]
     targets: Literal["all", "decoder", "final"] = "all"  # later layers / 2nd half / DiT final only
     drop_prob: float = 0.0  # per-sample probability of zeroing s in training [UNK]
-    uvit_mode: Literal["add_time", "token"] = "add_time"  # UViT: s into time token | extra token
+    # UViT: s added to the time token (exact baseline at init) | appended as an extra token (NOT
+    # exact at init: the zero token still enters the attention softmax; models/uvit.py) [INF]
+    uvit_mode: Literal["add_time", "token"] = "add_time"
 
     def validate(self) -> None:
         """Range checks that need no model; the source layer is checked by the builder."""

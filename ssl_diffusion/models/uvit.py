@@ -8,9 +8,19 @@ skip from its mirrored in-block with Linear(2D -> D). A final LayerNorm + Linear
 maps patch tokens back to pixels. UViT-S/2 at 32 px has 44,255,328 parameters (author's code).
 
 Self-conditioning (spec §2.2c, [INF]): s is pooled from the *patch* tokens of the source
-block and either added to the time token (``uvit_mode="add_time"``, exact baseline at init
-with zero_init) or appended as an extra token (``"token"``; the extra token has no long-skip
-partner, so its skip half is zero, and it is dropped before the output head).
+block and either added to the time token (``uvit_mode="add_time"``, the default: exactly the
+baseline at init with zero_init) or appended as an extra token (``"token"``; the extra token has
+no long-skip partner, so its skip half is zero, and it is dropped before the output head).
+
+``token`` mode is NOT the baseline at init, even with zero_init: the appended token is s = 0,
+but it is still a key in every later block's attention, where its logit q.k = 0 adds exp(0) to
+each softmax normaliser and shrinks the weights of the real tokens (and the blocks then write
+into that token, so it is non-zero from the second target block on). Step 0 therefore differs
+from ``ddae``: UViT-S/2 at 32 px, same seed, 4 random inputs: max |output difference| 1.9e-3,
+mean 5.1e-4 (add_time: 0 exactly); docs/selfcond_defaults.md and
+``tests/models/test_selfcond.py::test_uvit_step0_exact_for_add_time_but_not_for_token_mode``.
+Making it exact would need a gated or masked attention path, which the author's U-ViT does not
+have; use ``add_time`` for paired comparisons that rely on an identical step 0.
 """
 
 from __future__ import annotations

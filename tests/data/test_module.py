@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from ssl_diffusion.app.pretrain import build_datamodule, method_class
 from ssl_diffusion.data.datasets import build_splits
 from ssl_diffusion.data.module import ResumableSampler
-from ssl_diffusion.engine import build_datamodule, method_class
 
 N, BATCH = 40, 4
 

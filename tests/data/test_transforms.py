@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ssl_diffusion.config import load_config
-from ssl_diffusion.data.datasets import DataInfo
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.data.transforms import local_crop_size, train_transform
 from ssl_diffusion.errors import UserError
 

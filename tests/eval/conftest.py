@@ -25,7 +25,7 @@ _LOADED: dict = {}
 @pytest.fixture(scope="session")
 def loaded(trained_ckpt):
     """``loaded("ddaepp")`` -> the session's LoadedMethod (read-only use)."""
-    from ssl_diffusion.engine import load_method
+    from ssl_diffusion.app.loading import load_method
 
     def get(method: str):
         if method not in _LOADED:

@@ -24,7 +24,7 @@ _TRAINED: dict[str, Path] = {}
 def trained_checkpoint(method: str, root: Path) -> Path:
     """``last.ckpt`` of a 2-step tiny run of ``method`` (trained on first use, under ``root``)."""
     if method not in _TRAINED:
-        from ssl_diffusion.engine import pretrain
+        from ssl_diffusion.app.pretrain import pretrain
         from tests.conftest import tiny_config
 
         cfg = tiny_config(root, f"method={method}", f"run.name={method}", *EVAL, *EXTRA[method])

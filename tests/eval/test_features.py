@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from ssl_diffusion.diffusion.noise import from_sigma, to_sigma
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.eval.features import (
-    FeatureExtractor,
-    FeatureSpec,
-    checkpoint_sha1,
-    from_sigma,
-    resolve_spec,
-    to_sigma,
-)
+from ssl_diffusion.eval.features import FeatureExtractor, checkpoint_sha1
+from ssl_diffusion.eval.spec import FeatureSpec
 
 
 def _count_forwards(monkeypatch, method) -> list[int]:
@@ -49,7 +44,7 @@ def test_cached_features_are_reused_without_forward_passes(loaded, tmp_path, mon
 
 
 def test_cache_is_invalidated_when_the_checkpoint_changes(run_copy, tmp_path):
-    from ssl_diffusion.engine import load_method
+    from ssl_diffusion.app.loading import load_method
 
     path = run_copy("ddaepp")
     before = FeatureExtractor(load_method(path), progress=False).extract("val")
@@ -93,15 +88,15 @@ def test_simclr_has_one_representation(loaded, tmp_path):
     assert fs.meta["features"]["layer"] is None
     assert "does not apply" in fs.meta["features"]["source"]
     with pytest.raises(UserError, match="diffusion methods only"):
-        resolve_spec(lm.method, lm.cfg, layer="block0")
+        lm.method.feature_spec(layer="block0")
 
 
 def test_bad_layer_noise_and_split_are_one_line_errors(loaded):
     lm = loaded("ddaepp")
     with pytest.raises(UserError, match="unknown layer `blok1`.*did you mean `block1`"):
-        resolve_spec(lm.method, lm.cfg, layer="blok1")
+        lm.method.feature_spec(layer="blok1")
     with pytest.raises(UserError, match=r"noise 5000 \(sigma\).*outside"):
-        resolve_spec(lm.method, lm.cfg, noise=5000.0)
+        lm.method.feature_spec(noise=5000.0)
     ex = FeatureExtractor(lm, cache_dir=False, progress=False)
     with pytest.raises(UserError, match="unknown split `tset`"):
         ex.extract("tset")

@@ -10,7 +10,8 @@ import torch
 
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.config import LinearConfig
-from ssl_diffusion.eval.linear import LARS, LinearProbe, fit_linear_probe, lr_at, train_linear_probe
+from ssl_diffusion.eval.linear import LinearProbe, fit_linear_probe, lr_at, train_linear_probe
+from ssl_diffusion.optim import LARS
 
 FAST = LinearConfig(epochs=30, warmup_epochs=3, batch_size=64)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from ssl_diffusion.app.retrieval import run_retrieval
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.eval.retrieval import load_query_image, run_retrieval
+from ssl_diffusion.eval.retrieval import load_query_image
 
 
 def test_a_gallery_image_retrieves_itself_first(run_copy):
@@ -28,7 +29,7 @@ def test_a_gallery_image_retrieves_itself_first(run_copy):
 
 def test_image_file_queries_match_the_dataset_pipeline(run_copy, tmp_path):
     ckpt = run_copy("simclr")  # RGB 16 px
-    from ssl_diffusion.engine import load_method
+    from ssl_diffusion.app.loading import load_method
     from ssl_diffusion.eval.features import FeatureExtractor
 
     ex = FeatureExtractor(load_method(ckpt), progress=False)

@@ -10,8 +10,8 @@ import math
 import pytest
 import yaml
 
+from ssl_diffusion.app.recipe_edit import write_feature_recipe
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.eval.recipe_edit import write_feature_recipe
 from ssl_diffusion.eval.sweep import default_layers, default_noises, select_cell, summarize
 
 
@@ -77,7 +77,7 @@ def test_default_layers_subsample_deep_models():
 
 
 def test_sweep_end_to_end_writes_grid_plot_metrics_and_recipe(run_copy, tmp_path):
-    from ssl_diffusion.eval.runner import run_sweep
+    from ssl_diffusion.app.evaluate import run_sweep
 
     ckpt = run_copy("ddaepp")
     run_dir = ckpt.parent
@@ -108,7 +108,7 @@ def test_sweep_end_to_end_writes_grid_plot_metrics_and_recipe(run_copy, tmp_path
 
 
 def test_sweep_refuses_non_diffusion_methods_and_bad_cells(run_copy, loaded):
-    from ssl_diffusion.eval.runner import run_sweep
+    from ssl_diffusion.app.evaluate import run_sweep
 
     with pytest.raises(UserError, match="needs a diffusion method"):
         run_sweep(loaded("simclr"), progress=False, write_metrics=False)

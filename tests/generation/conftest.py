@@ -36,7 +36,7 @@ def tiny_run(tiny_run_session: Path, tmp_path: Path) -> Path:
 def simclr_ckpt(tmp_path_factory) -> Path:
     """A SimCLR checkpoint in the engine's format (built directly: no training needed)."""
     from ssl_diffusion.config import load_config
-    from ssl_diffusion.data.datasets import DataInfo
+    from ssl_diffusion.data.info import DataInfo
     from ssl_diffusion.registry import METHODS
 
     cfg = load_config(None, ["method=simclr", "backbone.name=vit_tiny", "data.image_size=16",

@@ -43,8 +43,8 @@ def save_stand_in(path: Path) -> str:
 
 def pretrain_tiny(root: Path) -> Path:
     """Train the ``TINY`` run under ``root``; returns its run directory."""
+    from ssl_diffusion.app.pretrain import pretrain
     from ssl_diffusion.config import load_config
-    from ssl_diffusion.engine import pretrain
 
     cfg = load_config(None, [*TINY, f"run.root={root}", "run.name=tiny"])
     return Path(pretrain(cfg)["run_dir"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.config import load_config
-from ssl_diffusion.engine import pretrain
 from ssl_diffusion.errors import UserError
 from tests.generation.helpers import TINY
 
@@ -46,7 +46,7 @@ def test_fid_every_epoch_logged_and_final_result_recorded(tmp_path, stand_in_wei
 ])
 def test_bad_fid_setup_fails_before_the_run_directory_exists(tmp_path, stand_in_weights, extra,
                                                              match):
-    cfg = load_config(None, [*TINY, "run.name=bad", *_fid(tmp_path, stand_in_weights), *extra])
-    with pytest.raises(UserError, match=match):
-        pretrain(cfg)
+    with pytest.raises(UserError, match=match):  # at config load (eval.fid.n) or at pretrain
+        pretrain(load_config(None, [*TINY, "run.name=bad", *_fid(tmp_path, stand_in_weights),
+                                    *extra]))
     assert not (tmp_path / "bad").exists()

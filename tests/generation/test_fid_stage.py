@@ -8,13 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_diffusion.config import load_config
-from ssl_diffusion.data.datasets import build_splits
-from ssl_diffusion.engine import load_method
-from ssl_diffusion.errors import UserError
-from ssl_diffusion.eval.fid import ReferenceKey, compute_fid, extract_stats, reference_stats
-from ssl_diffusion.eval.inception import load_inception
-from ssl_diffusion.generation import (
+from ssl_diffusion.app.generation import (
     FIDStage,
     check_guidance,
     class_labels_for,
@@ -24,6 +18,12 @@ from ssl_diffusion.generation import (
     reference_dataset_id,
     sampler_config,
 )
+from ssl_diffusion.app.loading import load_method
+from ssl_diffusion.config import load_config
+from ssl_diffusion.data.datasets import build_splits
+from ssl_diffusion.errors import UserError
+from ssl_diffusion.eval.fid import ReferenceKey, compute_fid, extract_stats, reference_stats
+from ssl_diffusion.eval.inception import load_inception
 
 DIGITS = ["data.name=digits", "data.image_size=16", "trainer.max_steps=1"]
 

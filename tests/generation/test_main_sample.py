@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_diffusion.cli import run_cli
+from ssl_diffusion.app.cli import run_cli
 from ssl_diffusion.eval.fid import ReferenceKey, compute_fid
 from ssl_diffusion.eval.fid_config import FIDConfig
 from ssl_diffusion.eval.inception import load_inception
@@ -35,7 +35,8 @@ def test_grid_npz_and_png_folder(tiny_run, capsys):
                         "--batch-size", "4"], capsys)
     assert code == 0 and out.startswith("10 images (euler, 2 steps, NFE 2, EMA, seeds 0-9)")
     grid = Image.open(tiny_run / "samples.png")
-    assert grid.mode == "L" and grid.size == (4 * 18 + 2, 3 * 18 + 2)  # 10 tiles: 4 x 3, 2 px pad
+    # 10 tiles: 4 x 3 with 2 px padding (74 x 56 px), enlarged 7x to be >= 512 px wide
+    assert grid.mode == "L" and grid.size == (7 * (4 * 18 + 2), 7 * (3 * 18 + 2))
     with np.load(tiny_run / "samples.npz") as z:
         arr = z["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (10, 16, 16, 3)
@@ -81,8 +82,8 @@ def test_fid_is_merged_into_metrics_with_its_protocol(tiny_run, stand_in_weights
     assert "biased upward" in fid["warning"] and not fid["reference"]["from_cache"]
 
     # The FID is that of exactly the images written to samples.npz (independent recomputation).
-    from ssl_diffusion.engine import load_method
-    from ssl_diffusion.generation import reference_batches
+    from ssl_diffusion.app.generation import reference_batches
+    from ssl_diffusion.app.loading import load_method
 
     loaded = load_method(ckpt)
     images = torch.from_numpy(np.load(tiny_run / "samples.npz")["arr_0"]).permute(0, 3, 1, 2)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ssl_diffusion.app.generation import format_seeds, parse_seeds, sampler_nfe, to_uint8
+from ssl_diffusion.app.image_files import NpzWriter, save_grid, save_npz, save_png_folder
 from ssl_diffusion.diffusion.config import SamplerConfig
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.generation import format_seeds, parse_seeds, sampler_nfe, to_uint8
-from ssl_diffusion.image_files import NpzWriter, save_grid, save_npz, save_png_folder
 
 
 @pytest.mark.parametrize(("text", "seeds"), [
@@ -68,6 +68,12 @@ def test_grid_layout_and_mode(tmp_path, c, mode):
         np.testing.assert_array_equal(tile.reshape(expect.shape), expect)
     assert (img[0] == 7).all() and (img[-8:, -8:] == 7).all()  # border and the empty 6th tile
     assert save_grid(x, tmp_path / "row.png", nrow=5).is_file()
+    big = np.asarray(Image.open(save_grid(x, tmp_path / "big.png", padding=2, pad_value=7,
+                                          min_width=100)))
+    k = 4  # 26 px wide grid -> the smallest integer factor reaching 100 px
+    assert big.shape[:2] == (k * img.shape[0], k * img.shape[1])
+    np.testing.assert_array_equal(big[::k, ::k], img)  # nearest neighbour: k x k blocks
+    np.testing.assert_array_equal(big[k - 1 :: k, k - 1 :: k], img)
     assert np.asarray(Image.open(tmp_path / "row.png")).shape[:2] == (10, 42)
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
+from ssl_diffusion.app.latent_extraction import extract_latents
+from ssl_diffusion.app.latent_generation import AdmReference, DecodedGenerator, latent_fid
 from ssl_diffusion.eval.fid_config import FIDConfig
-from ssl_diffusion.latent_extraction import extract_latents
-from ssl_diffusion.latent_generation import AdmReference, DecodedGenerator, latent_fid
 from ssl_diffusion.models.config import VAEConfig
 from ssl_diffusion.models.vae import load_vae
 from tests.test_ddp import run_on_ranks
@@ -49,8 +49,8 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 def _fid(root: Path, run_dir: Path, cache: str, rank: int = 0, world: int = 1) -> dict:
-    from ssl_diffusion.engine import load_method
-    from ssl_diffusion.generation import class_labels_for, sampler_config
+    from ssl_diffusion.app.generation import class_labels_for, sampler_config
+    from ssl_diffusion.app.loading import load_method
 
     loaded = load_method(run_dir / "last.ckpt")
     gen = DecodedGenerator(loaded.method, load_vae(VAEConfig(path=str(root / "vae"))))
@@ -85,7 +85,7 @@ def test_sharded_extraction_and_fid_equal_one_process(setup, tmp_path):
 
 
 def test_decoding_with_the_wrong_vae_is_a_one_line_error(setup, tmp_path):
-    from ssl_diffusion.engine import load_method
+    from ssl_diffusion.app.loading import load_method
     from ssl_diffusion.errors import UserError
 
     _, run_dir = setup
@@ -102,8 +102,8 @@ def test_self_distillation_recipe_trains_on_latents(setup):
     tensor) and logs its contrastive term."""
     import json
 
+    from ssl_diffusion.app.pretrain import pretrain
     from ssl_diffusion.config import load_config
-    from ssl_diffusion.engine import pretrain
 
     root, _ = setup
     recipe = ROOT / "recipes" / "imagenet256" / "ddaepp_csd_dit-b_uncond.yaml"

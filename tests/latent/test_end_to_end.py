@@ -18,11 +18,11 @@ from PIL import Image
 from scipy import linalg
 from torch import nn
 
+from ssl_diffusion.app.latent_extraction import extract_latents
+from ssl_diffusion.app.latent_generation import AdmReference, DecodedGenerator, latent_fid
 from ssl_diffusion.data.latents import adm_center_crop
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.inception import InceptionFeatureNet, WeightSource
-from ssl_diffusion.latent_extraction import extract_latents
-from ssl_diffusion.latent_generation import AdmReference, DecodedGenerator, latent_fid
 from ssl_diffusion.models.config import VAEConfig
 from ssl_diffusion.models.vae import load_vae
 
@@ -86,8 +86,8 @@ def latents(tmp_path_factory):
 
 
 def _train(root: Path, method: str) -> Path:
+    from ssl_diffusion.app.pretrain import pretrain
     from ssl_diffusion.config import load_config
-    from ssl_diffusion.engine import pretrain
 
     recipe = ROOT / "recipes" / "imagenet256" / f"{method}_dit-b_cond.yaml"
     cfg = load_config(recipe, [
@@ -107,9 +107,9 @@ def _train(root: Path, method: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ddae", "ddaepp"])
 def test_latent_path_end_to_end(latents, method, tmp_path):
-    from ssl_diffusion.engine import load_method
-    from ssl_diffusion.eval.runner import run_linear
-    from ssl_diffusion.generation import class_labels_for, sampler_config
+    from ssl_diffusion.app.evaluate import run_linear
+    from ssl_diffusion.app.generation import class_labels_for, sampler_config
+    from ssl_diffusion.app.loading import load_method
 
     root, vae = latents
     run_dir = _train(root, method)
@@ -141,7 +141,7 @@ def test_latent_path_end_to_end(latents, method, tmp_path):
     assert (result["cfg"], result["cfg_max_sigma"]) == (2.0, pytest.approx(8.0909))
     assert result["n_gen"] == 12 and result["n_ref"] == 8
     # a seed gives the same image whatever the batch: seeds 3..5 alone
-    again = torch.cat(list(__import__("ssl_diffusion.generation", fromlist=["x"]).generate_uint8(
+    again = torch.cat(list(__import__("ssl_diffusion.app.generation", fromlist=["x"]).generate_uint8(
         gen, seeds[3:6], scfg, 2, class_labels=labels[3:6], progress=False)))
     assert (again.int() - gen_u8[3:6].int()).abs().max() <= 1
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from ssl_diffusion.app.latent_extraction import extract_latents
 from ssl_diffusion.data.latents import LatentManifest, adm_center_crop, shard_name
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.latent_extraction import extract_latents
 from ssl_diffusion.models.config import VAEConfig
 from ssl_diffusion.models.vae import load_vae
 

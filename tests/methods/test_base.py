@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_diffusion.data.datasets import DataInfo
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.eval.online import online_knn
 from ssl_diffusion.methods.base import NonFiniteLossError, warmup_cosine
 from ssl_diffusion.methods.ema import EMA
@@ -225,7 +225,7 @@ def test_each_pretrain_in_one_process_gets_its_own_wandb_run(tiny_cfg, monkeypat
     own wandb run (not the first one's), and none may be left open afterwards."""
     import wandb
 
-    from ssl_diffusion.engine import pretrain
+    from ssl_diffusion.app.pretrain import pretrain
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

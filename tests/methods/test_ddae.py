@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssl_diffusion.config import load_config
-from ssl_diffusion.data.datasets import DataInfo
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.registry import METHODS
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_diffusion.checkpoint import META_KEY
+from ssl_diffusion.app.checkpoint import META_KEY
+from ssl_diffusion.app.loading import load_method
+from ssl_diffusion.app.pretrain import build_datamodule, build_method, method_class
 from ssl_diffusion.data.datasets import build_splits
-from ssl_diffusion.engine import build_datamodule, build_method, load_method, method_class
 
 METHODS = ["simclr", "dino"]
 

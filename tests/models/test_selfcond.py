@@ -165,6 +165,28 @@ def test_uvit_token_mode_runs_and_uses_s(source):
     assert not torch.allclose(a.pred, b.pred)
 
 
+def test_uvit_step0_exact_for_add_time_but_not_for_token_mode():
+    # Documented limitation (issue 12 item 3): a zero s appended as a token still takes a share
+    # of every softmax normaliser in the target blocks, so token mode is NOT the baseline at init;
+    # add_time (the default) is, bit for bit.
+    base = tiny("uvit")
+    perturb(base)
+    x, t = inputs(3)
+    diffs = {}
+    for mode in ("add_time", "token"):
+        sc = tiny("uvit", SelfCondConfig(enabled=True, uvit_mode=mode))
+        sc.load_state_dict(base.state_dict(), strict=False)  # base weights; selfcond stays zero-init
+        with torch.no_grad():
+            a, b = base(x, t, taps="all"), sc(x, t, taps="all")
+        assert torch.equal(b.selfcond_signal, torch.zeros_like(b.selfcond_signal))  # s = 0 at init
+        diffs[mode] = float((a.pred - b.pred).abs().max())
+        first_target = sc.layer_names[sc.sc_first_target]
+        assert torch.equal(a.feats["mid"], b.feats["mid"])  # before the first target: identical
+        diffs[mode + "_feat"] = float((a.feats[first_target] - b.feats[first_target]).abs().max())
+    assert diffs["add_time"] == 0.0 and diffs["add_time_feat"] == 0.0
+    assert diffs["token"] > 0.0 and diffs["token_feat"] > 0.0
+
+
 def test_drop_prob_zeroes_whole_samples_in_training_only():
     model = tiny("dit", SelfCondConfig(enabled=True, drop_prob=0.5))
     perturb(model.selfcond)

@@ -1,6 +1,6 @@
 """The ``Objective`` contract: noise levels, preconditioning, denoising and the training loss.
 
-An objective turns any ``Denoiser`` (see ``models/base.py``) into a denoiser of VE-noisy images
+An objective turns any network with the ``DenoiserNet`` call contract (``protocols.py``) into a denoiser of VE-noisy images
 ``x_ve = x0 + sigma * eps`` that returns an x0 estimate, whatever the network predicts (eps,
 preconditioned x0 or velocity). Samplers therefore only ever see ``denoise(x_ve, sigma) -> x0``.
 Subclasses define four small pieces: ``net_inputs`` (VE sample -> network input and noise
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssl_diffusion.diffusion.config import DiffusionConfig
 from ssl_diffusion.diffusion.noise import logsnr_from_sigma
+from ssl_diffusion.diffusion.protocols import DenoiserNet, NetOutput
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.models.base import DenoiserOutput
 
 
 class NetInput(NamedTuple):
@@ -36,7 +36,7 @@ class DenoiseResult:
     """x0 estimate (VE space) plus the raw network output of the same forward pass."""
 
     x0: Tensor  # (N, C, H, W)
-    out: DenoiserOutput
+    out: NetOutput  # the network's whole output (feature taps, self-conditioning pass through)
 
 
 def batch_sigma(sigma: Tensor | float, n: int, device: torch.device) -> Tensor:
@@ -155,7 +155,7 @@ class Objective(ABC):
 
     def denoise(
         self,
-        net: nn.Module,
+        net: DenoiserNet,
         x_ve: Tensor,
         sigma: Tensor | float,
         class_labels: Tensor | None = None,
@@ -170,7 +170,7 @@ class Objective(ABC):
 
     def loss(
         self,
-        net: nn.Module,
+        net: DenoiserNet,
         x0: Tensor,
         class_labels: Tensor | None = None,
         aug_labels: Tensor | None = None,
@@ -183,7 +183,7 @@ class Objective(ABC):
 
         Returns ``loss`` (scalar: mean diffusion loss + weighted extra terms), the scalar mean of
         each term (``loss_diffusion``, e.g. ``loss_cosine``), ``loss_per_sample`` (N,), the
-        ``sigma`` (N,) used and ``output`` (the DenoiserOutput, for ``selfcond`` / ``feats``).
+        ``sigma`` (N,) used and ``output`` (the network output, for ``selfcond`` / ``feats``).
         """
         n = x0.shape[0]
         if sigma is None:

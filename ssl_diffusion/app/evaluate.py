@@ -13,7 +13,6 @@ validation split), report **val** (for model selection) and **test** (the number
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,28 +21,31 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssl_diffusion.app.loading import LoadedMethod, load_method
+from ssl_diffusion.app.pretrain import quiet_lightning
+from ssl_diffusion.app.recipe_edit import write_feature_recipe
+from ssl_diffusion.app.run_dir import read_metrics, store_metrics_entry
 from ssl_diffusion.atomic import atomic_write, atomic_write_text
+from ssl_diffusion.config import Config
+from ssl_diffusion.data.datasets import build_splits
+from ssl_diffusion.data.transforms import eval_transform
 from ssl_diffusion.errors import UserError, did_you_mean
-from ssl_diffusion.eval.features import (
-    FeatureExtractor,
-    FeatureSet,
-    FeatureSpec,
-    checked_sigma,
-    describe_spec,
-    is_diffusion,
-    is_rank_zero,
-)
+from ssl_diffusion.eval import sweep as sw
+from ssl_diffusion.eval.config import KNNConfig, LinearConfig
+from ssl_diffusion.eval.features import FeatureExtractor, FeatureSet, describe_spec, is_rank_zero
+from ssl_diffusion.eval.knn import KNNEvaluator
+from ssl_diffusion.eval.linear import train_linear_probe
+from ssl_diffusion.eval.spec import FeatureSpec
 
+Checkpoint = str | Path | LoadedMethod  # a checkpoint path, or one already loaded
 QUERY_SPLITS = ("val", "test")
 
 
 # --------------------------------------------------------------------------- loading and storing
 
 
-def load(ckpt: Any, overrides: Sequence[str] = ()) -> Any:
+def load(ckpt: Checkpoint, overrides: Sequence[str] = ()) -> LoadedMethod:
     """``engine.load_method(ckpt, overrides)``; a ``LoadedMethod`` passes through unchanged."""
-    from ssl_diffusion.engine import LoadedMethod, load_method, quiet_lightning
-
     if isinstance(ckpt, LoadedMethod):
         if overrides:
             raise UserError("overrides apply when loading; pass a checkpoint path with them")
@@ -52,36 +54,34 @@ def load(ckpt: Any, overrides: Sequence[str] = ()) -> Any:
     return load_method(ckpt, list(overrides))
 
 
-def run_dir_of(loaded: Any) -> Path:
+def run_dir_of(loaded: LoadedMethod) -> Path:
     """The run directory of a checkpoint: the folder holding it (``runs/<name>/last.ckpt``)."""
     return Path(loaded.path).resolve().parent
 
 
-def read_metrics(run_dir: Path) -> dict:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); fix or move it away") from None
-
-
 def store(run_dir: Path, key: str, entry: dict) -> None:
-    """Replace ``metrics.json[key]`` with ``entry`` (atomic; other keys kept; rank 0 only).
+    """``metrics.json[key] = entry`` on rank 0 (``run_dir.store_metrics_entry``)."""
+    if is_rank_zero():
+        store_metrics_entry(run_dir, key, entry)
 
-    Replaced rather than merged, so numbers of an earlier protocol (other k, other cells) never
-    linger beside the new ones.
-    """
+
+def save_predictions(run_dir: Path, name: str, predictions: dict[str, np.ndarray],
+                     evals: dict[str, FeatureSet]) -> str | None:
+    """``<run_dir>/predictions/<name>.npz``: per split the predicted and true class of every
+    query, in split order (for paired tests such as McNemar's between two runs); rank 0 only."""
     if not is_rank_zero():
-        return
-    current = read_metrics(run_dir)
-    current[key] = entry
-    atomic_write_text(Path(run_dir) / "metrics.json",
-                      json.dumps(current, indent=2, sort_keys=True) + "\n")
+        return None
+    arrays = {}
+    for split, pred in predictions.items():
+        arrays[f"{split}_pred"] = np.asarray(pred, dtype=np.int64)
+        arrays[f"{split}_label"] = np.asarray(evals[split].labels, dtype=np.int64)
+    path = Path(run_dir) / "predictions" / f"{name}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    return str(path)
 
 
-def checkpoint_info(loaded: Any, extractor: FeatureExtractor) -> dict:
+def checkpoint_info(loaded: LoadedMethod, extractor: FeatureExtractor) -> dict:
     return {"path": str(loaded.path), "sha1": extractor.checkpoint_sha1,
             "step": int(loaded.ckpt.get("global_step", 0)),
             "epoch": int(loaded.ckpt.get("epoch", 0))}
@@ -99,7 +99,7 @@ def _check_splits(splits: Sequence[str]) -> list[str]:
     return splits
 
 
-def _extractor(loaded: Any, progress: bool, batch_size: int | None, device: str | None,
+def _extractor(loaded: LoadedMethod, progress: bool, batch_size: int | None, device: str | None,
                cache: bool | str | Path) -> FeatureExtractor:
     cache_dir = False if cache is False else (None if cache is True else cache)
     return FeatureExtractor(loaded, cache_dir=cache_dir, batch_size=batch_size, device=device,
@@ -114,20 +114,19 @@ def _sizes(extractor: FeatureExtractor, limit: int | None) -> dict[str, int]:
 
 
 def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_classes: int,
-                    knn_cfg: Any) -> dict:
+                    knn_cfg: KNNConfig) -> dict:
     """kNN with ``train`` as the bank.
 
     Returns ``<split>_top1`` / ``<split>_top5`` (at ``report_k``) and, per split, the
     evaluator's full output ``<split>: {"knn_top1", "knn_top5", "knn_top1@k<k>", ...}``.
     """
-    from ssl_diffusion.eval.knn import KNNEvaluator
-
     evaluator = KNNEvaluator(knn_cfg)
     out: dict[str, Any] = {}
     protocol: dict[str, Any] = {}
     for split, fs in queries.items():
         res = evaluator.evaluate(train.feats, train.labels, fs.feats, fs.labels, num_classes)
         protocol = res.pop("protocol")
+        out.setdefault("predictions", {})[split] = res.pop("predictions")
         out[f"{split}_top1"], out[f"{split}_top5"] = res["knn_top1"], res["knn_top5"]
         out[split] = res
     protocol.pop("num_queries", None)
@@ -136,10 +135,8 @@ def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_class
 
 
 def linear_on_features(train: FeatureSet, evals: dict[str, FeatureSet], num_classes: int,
-                       linear_cfg: Any, device: torch.device) -> dict:
+                       linear_cfg: LinearConfig, device: torch.device) -> dict:
     """Linear probe trained on ``train``: ``<split>_top1``, ``<split>_top5``, ``train_loss``."""
-    from ssl_diffusion.eval.linear import train_linear_probe
-
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device)
 
@@ -148,10 +145,33 @@ def linear_on_features(train: FeatureSet, evals: dict[str, FeatureSet], num_clas
                               num_classes, linear_cfg)
 
 
+def raw_pixel_scores(cfg: Config, *, limit: int | None = None, linear: bool = True) -> dict:
+    """kNN and linear probe on raw pixels ([-1, 1], flattened) under ``cfg``'s protocol: the same
+    splits, gallery, k, T and probe settings as every learned representation."""
+    splits = build_splits(cfg.data)
+    tf = eval_transform(splits.info, "symmetric")
+
+    def pixels(dataset: Any) -> FeatureSet:
+        n = len(dataset) if limit is None else min(limit, len(dataset))
+        xs, ys = zip(*(dataset[i] for i in range(n)))
+        feats = np.stack([tf(x).flatten().numpy() for x in xs]).astype(np.float32)
+        return FeatureSet(feats, np.asarray(ys, dtype=np.int64))
+
+    train = pixels(splits.train)
+    evals = {"val": pixels(splits.val), "test": pixels(splits.test)}
+    knn = knn_on_features(train, evals, splits.info.num_classes, cfg.eval.knn)
+    probe = linear_on_features(train, evals, splits.info.num_classes, cfg.eval.linear,
+                               torch.device("cpu")) if linear else {}
+    return {"knn_top1": knn["test_top1"], "knn_val_top1": knn["val_top1"],
+            "linear_top1": probe.get("test_top1"), "linear_val_top1": probe.get("val_top1"),
+            "protocol": {"features": "raw pixels in [-1, 1], flattened", "dataset": cfg.data.name,
+                         "train_size": len(train), "limit": limit, "knn": knn["protocol"]}}
+
+
 # --------------------------------------------------------------------------- kNN and linear
 
 
-def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[str],
+def _evaluate(kind: str, ckpt: Checkpoint, overrides: Sequence[str], splits: Sequence[str],
               progress: bool, batch_size: int | None, device: str | None, limit: int | None,
               cache: bool | str | Path, write_metrics: bool) -> dict:
     start = time.time()
@@ -161,13 +181,9 @@ def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[s
     ex = _extractor(loaded, progress, batch_size, device, cache)
     # The evaluators' own checks, before the (slow, cached) feature extraction.
     if kind == "linear":
-        from ssl_diffusion.eval.linear import validate_linear_config
-
-        validate_linear_config(cfg.eval.linear)
+        cfg.eval.linear.validate()
     else:
-        from ssl_diffusion.eval.knn import validate_knn_config
-
-        validate_knn_config(cfg.eval.knn)
+        cfg.eval.knn.validate()
         bank = len(ex.dataset("train", limit))
         if max(cfg.eval.knn.k) > bank:
             raise UserError(f"knn.k={cfg.eval.knn.k} asks for {max(cfg.eval.knn.k)} neighbours "
@@ -186,17 +202,20 @@ def _evaluate(kind: str, ckpt: Any, overrides: Sequence[str], splits: Sequence[s
     protocol.update({
         "queries": splits, "selection_split": "val", "reported_split": "test",
         "split_sizes": {s: len(fs) for s, fs in [("train", train), *evals.items()]},
-        "limit": limit, "dataset": cfg.data.name, "features": describe_spec(spec, cfg),
+        "limit": limit, "dataset": cfg.data.name, "features": describe_spec(spec, loaded.method),
         "checkpoint": checkpoint_info(loaded, ex), "overrides": list(overrides),
         "features_from_cache": all(fs.from_cache for fs in [train, *evals.values()]),
     })
+    predictions = result.pop("predictions")
     entry = {**result, "protocol": protocol, "wall_time_s": round(time.time() - start, 2)}
     if write_metrics:
-        store(run_dir_of(loaded), kind, entry)
+        run_dir = run_dir_of(loaded)
+        entry["predictions_file"] = save_predictions(run_dir, kind, predictions, evals)
+        store(run_dir, kind, entry)
     return entry
 
 
-def run_knn(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
+def run_knn(ckpt: Checkpoint, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
             progress: bool = True, batch_size: int | None = None, device: str | None = None,
             limit: int | None = None, cache: bool | str | Path = True,
             write_metrics: bool = True) -> dict:
@@ -221,7 +240,7 @@ def run_knn(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] =
                      write_metrics)
 
 
-def run_linear(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
+def run_linear(ckpt: Checkpoint, overrides: Sequence[str] = (), *, splits: Sequence[str] = QUERY_SPLITS,
                progress: bool = True, batch_size: int | None = None, device: str | None = None,
                limit: int | None = None, cache: bool | str | Path = True,
                write_metrics: bool = True) -> dict:
@@ -238,7 +257,7 @@ def run_linear(ckpt: Any, overrides: Sequence[str] = (), *, splits: Sequence[str
 # --------------------------------------------------------------------------- the sweep
 
 
-def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str] | None = None,
+def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequence[str] | None = None,
               noises: Sequence[float] | None = None, metric: str = "knn",
               probe_epochs: int | None = None, write_recipe: str | Path | None = None,
               select_by: str | None = None, progress: bool = True,
@@ -263,8 +282,6 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         "layers", "noises", "protocol", "files", "wall_time_s"}``; also writes ``sweep.csv`` and
         ``sweep.png`` into the run directory and ``metrics.json["sweep"]``.
     """
-    from ssl_diffusion.eval import sweep as sw
-
     start = time.time()
     sw.check_metric(metric)
     select_by = select_by or ("linear" if metric == "both" else metric)
@@ -273,7 +290,7 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
                         f"{sw.metrics_of(metric)}")
     loaded = load(ckpt, overrides)
     cfg, method = loaded.cfg, loaded.method
-    if not is_diffusion(method):
+    if not method.generative:
         raise UserError(f"the layer x noise sweep needs a diffusion method (ddae, ddaepp); "
                         f"`{cfg.method}` features have no layer or noise level — use main_knn.py "
                         f"or main_linear.py")
@@ -282,7 +299,7 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
     for name in layers:
         method.net.check_layer(name)
     noises = list(dict.fromkeys(noises)) if noises else sw.default_noises(method.objective, unit)
-    sigmas = [checked_sigma(method, n, unit) for n in noises]
+    sigmas = [method.feature_spec(noise=n, unit=unit).sigma for n in noises]
     linear_cfg = cfg.eval.linear
     if probe_epochs is not None:
         if probe_epochs < 1:
@@ -291,15 +308,11 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
             linear_cfg, epochs=probe_epochs, warmup_epochs=min(linear_cfg.warmup_epochs,
                                                                probe_epochs // 9))
     if "linear" in sw.metrics_of(metric):
-        from ssl_diffusion.eval.linear import validate_linear_config
-
-        validate_linear_config(linear_cfg)
+        linear_cfg.validate()
     if write_recipe is not None:  # refuse a bad recipe path before the sweep, not after it
-        from ssl_diffusion.eval.recipe_edit import write_feature_recipe
-
         write_feature_recipe(write_recipe, {}, cfg.method, check_only=True)
     ex = _extractor(loaded, progress, batch_size, device, cache)
-    use_ema = cfg.eval.features.use_ema
+    use_ema = method.feature_spec().use_ema
     n_cls = loaded.info.num_classes
     rows: list[dict] = []
     for noise, sigma in zip(noises, sigmas):
@@ -319,8 +332,10 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
             print(f"sweep: noise {noise:g} ({unit}): best val top-1 {best:.2f}% over "
                   f"{len(layers)} layers", flush=True)
 
+    chosen_predictions: dict[str, np.ndarray] = {}
+
     def test_of(cell: dict) -> dict:
-        spec = FeatureSpec(cell["layer"], cell["sigma"], bool(use_ema and method.ema is not None))
+        spec = FeatureSpec(cell["layer"], cell["sigma"], use_ema)
         train, test = ex.extract("train", spec, limit=limit), ex.extract("test", spec, limit=limit)
         out = {}
         for m in sw.metrics_of(metric):
@@ -329,6 +344,8 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
             else:
                 res = linear_on_features(train, {"test": test}, n_cls, linear_cfg, ex.device)
             out[m] = {"test_top1": res["test_top1"], "test_top5": res["test_top5"]}
+            chosen_predictions[m] = res["predictions"]["test"]
+        chosen_predictions["_labels"] = test.labels
         return out
 
     chosen = sw.summarize(rows, select_by, test_of)
@@ -338,7 +355,7 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
                                                                            max(noises))
     run_dir = run_dir_of(loaded)
     files = {"csv": str(run_dir / "sweep.csv"), "png": str(run_dir / "sweep.png")}
-    spec = FeatureSpec(chosen["layer"], chosen["sigma"], bool(use_ema and method.ema is not None))
+    spec = FeatureSpec(chosen["layer"], chosen["sigma"], use_ema)
     protocol = {
         "selection": f"best val top-1 of `{select_by}` over the grid; test evaluated for the "
                      f"chosen cell only",
@@ -347,14 +364,12 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         "knn": dataclasses.asdict(cfg.eval.knn) if metric != "linear" else None,
         "linear": dataclasses.asdict(linear_cfg) if metric != "knn" else None,
         "split_sizes": _sizes(ex, limit), "limit": limit, "dataset": cfg.data.name,
-        "chosen_features": describe_spec(spec, cfg),
+        "chosen_features": describe_spec(spec, loaded.method),
         "checkpoint": checkpoint_info(loaded, ex), "overrides": list(overrides),
     }
     entry = {"grid": rows, "chosen": chosen, "layers": layers, "noises": noises,
              "protocol": protocol, "files": files}
     if write_recipe is not None:
-        from ssl_diffusion.eval.recipe_edit import write_feature_recipe
-
         values = {"layer": chosen["layer"], "noise": chosen["noise"], "noise_unit": unit}
         action = write_feature_recipe(write_recipe, values, cfg.method)
         entry["recipe"] = {"path": str(write_recipe), "action": action}
@@ -366,6 +381,11 @@ def run_sweep(ckpt: Any, overrides: Sequence[str] = (), *, layers: Sequence[str]
         atomic_write(run_dir / "sweep.png", lambda f: f.write(png))
     entry["wall_time_s"] = round(time.time() - start, 2)
     if write_metrics:
+        labels = chosen_predictions.pop("_labels")
+        files["predictions"] = save_predictions(
+            run_dir, "sweep", {f"test_{m}": p for m, p in chosen_predictions.items()},
+            {f"test_{m}": FeatureSet(np.zeros((len(labels), 0), np.float32), labels)
+             for m in chosen_predictions})
         store(run_dir, "sweep", entry)
     return entry
 
@@ -374,10 +394,12 @@ __all__ = [
     "knn_on_features",
     "linear_on_features",
     "load",
+    "raw_pixel_scores",
     "read_metrics",
     "run_dir_of",
     "run_knn",
     "run_linear",
     "run_sweep",
+    "save_predictions",
     "store",
 ]

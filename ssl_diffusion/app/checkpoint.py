@@ -22,8 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ssl_diffusion.errors import UserError
-
-META_KEY = "ssl_diffusion"  # checkpoint entry holding method, config and data info
+from ssl_diffusion.methods.base import META_KEY
 
 
 class AtomicCheckpoint(pl.Callback):

@@ -16,22 +16,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor, nn
 
+from ssl_diffusion.app.evaluate import load
+from ssl_diffusion.app.run_dir import read_metrics
+from ssl_diffusion.data.info import DataInfo
+from ssl_diffusion.data.transforms import eval_transform, normalization
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.eval.features import describe_spec, encode
+from ssl_diffusion.eval.spec import FeatureSpec
+from ssl_diffusion.methods.base import SSLMethod
 
 
 class FrozenEncoder(nn.Module):
     """Images (N, C, H, W) -> features (N, D), frozen, always in eval mode."""
 
-    def __init__(self, method: nn.Module, spec: Any, info: Any, description: dict) -> None:
-        from ssl_diffusion.data.transforms import eval_transform, normalization
-
+    def __init__(self, method: SSLMethod, spec: FeatureSpec, info: DataInfo,
+                 description: dict) -> None:
         super().__init__()
         self.method = method
-        self.spec = spec  # eval.features.FeatureSpec: layer, sigma, use_ema
+        self.spec = spec  # layer, sigma, use_ema
         self.info = info  # the dataset's DataInfo (channels, image_size, class_names, ...)
         self.description = description  # JSON-ready: method, layer, noise, sigma, source
         self.transform = eval_transform(info, method.normalization)  # PIL image -> input tensor
@@ -58,8 +63,6 @@ class FrozenEncoder(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        from ssl_diffusion.eval.features import encode
-
         return encode(self.method, self.spec, x)  # (N, D)
 
     def extra_repr(self) -> str:
@@ -69,8 +72,6 @@ class FrozenEncoder(nn.Module):
 
 def sweep_choice(ckpt_path: str | Path) -> dict | None:
     """``metrics.json["sweep"]["chosen"]`` next to the checkpoint, if a sweep was run."""
-    from ssl_diffusion.eval.runner import read_metrics
-
     chosen = read_metrics(Path(ckpt_path).resolve().parent).get("sweep", {}).get("chosen")
     if isinstance(chosen, dict) and {"layer", "noise", "noise_unit"} <= set(chosen):
         return chosen
@@ -96,12 +97,9 @@ def load_encoder(ckpt_path: str | Path, layer: str | None = None, noise: float |
         ``FrozenEncoder``: ``forward(x) -> (N, D)``, plus ``transform``, ``feature_dim``,
         ``layer``, ``sigma`` and ``description``.
     """
-    from ssl_diffusion.eval.features import describe_spec, is_diffusion, resolve_spec
-    from ssl_diffusion.eval.runner import load
-
     loaded = load(ckpt_path, overrides)
     method, cfg = loaded.method, loaded.cfg
-    if is_diffusion(method):
+    if method.generative:
         chosen = sweep_choice(ckpt_path)
         configured = any(o.split("=", 1)[0].startswith("eval.features.") for o in overrides)
         if chosen is not None and not configured:
@@ -112,9 +110,9 @@ def load_encoder(ckpt_path: str | Path, layer: str | None = None, noise: float |
     elif layer is not None or noise is not None:
         raise UserError(f"{ckpt_path} is a `{cfg.method}` checkpoint: it has one representation "
                         f"(the backbone output); call load_encoder without layer/noise")
-    spec = resolve_spec(method, cfg, layer=layer, noise=noise, noise_unit=noise_unit,
-                        use_ema=use_ema if is_diffusion(method) else None)
-    encoder = FrozenEncoder(method, spec, loaded.info, describe_spec(spec, cfg, noise_unit))
+    spec = method.feature_spec(layer=layer, noise=noise, unit=noise_unit,
+                               use_ema=use_ema if method.generative else None)
+    encoder = FrozenEncoder(method, spec, loaded.info, describe_spec(spec, method, noise_unit))
     return encoder.to(device) if device else encoder
 
 

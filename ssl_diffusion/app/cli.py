@@ -21,10 +21,10 @@ EXIT_INTERRUPTED = 130
 def check_device(name: str | None, flag: str = "--device") -> str | None:
     """``name`` when torch can use that device on this machine (``None`` and ``auto`` pass), else
     a one-line ``UserError`` naming the devices that are available."""
+    import torch  # here, not at the top: the CLIs' --dry-run and --help stay torch-free
+
     if name is None or name == "auto":
         return name
-    import torch
-
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -6,12 +6,13 @@ Every backbone maps (N, C, H, W) -> (N, feature_dim) and adapts its stem to C (g
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_diffusion.config.sections import BackboneConfig
+from ssl_diffusion.data.info import DataInfo
+from ssl_diffusion.errors import UserError
 from ssl_diffusion.registry import BACKBONES
 
 VIT_PRESETS = {
@@ -21,7 +22,7 @@ VIT_PRESETS = {
 }
 
 
-def _resnet(arch: str, cfg: Any, info: Any) -> nn.Module:
+def _resnet(arch: str, cfg: BackboneConfig, info: DataInfo) -> nn.Module:
     import torchvision
 
     net = getattr(torchvision.models, arch)(weights=None)
@@ -37,12 +38,12 @@ def _resnet(arch: str, cfg: Any, info: Any) -> nn.Module:
 
 
 @BACKBONES.register("resnet18")
-def resnet18(cfg: Any, info: Any) -> nn.Module:
+def resnet18(cfg: BackboneConfig, info: DataInfo) -> nn.Module:
     return _resnet("resnet18", cfg, info)
 
 
 @BACKBONES.register("resnet50")
-def resnet50(cfg: Any, info: Any) -> nn.Module:
+def resnet50(cfg: BackboneConfig, info: DataInfo) -> nn.Module:
     return _resnet("resnet50", cfg, info)
 
 
@@ -109,19 +110,15 @@ class ViT(nn.Module):
         return self.norm(h)[:, 0]  # (N, D)
 
 
-def _vit(name: str, cfg: Any, info: Any) -> ViT:
+def _vit(name: str, cfg: BackboneConfig, info: DataInfo) -> ViT:
     patch = cfg.patch_size or max(info.image_size // 8, 1)
     if info.image_size % patch:
-        from ssl_diffusion.errors import UserError
-
         raise UserError(f"backbone.patch_size={patch} does not divide data.image_size={info.image_size}")
     sizes = dict(VIT_PRESETS[name])
     for key in ("width", "depth", "heads"):
         if getattr(cfg, key, None) is not None:
             sizes[key] = getattr(cfg, key)
     if sizes["width"] % sizes["heads"]:
-        from ssl_diffusion.errors import UserError
-
         raise UserError(f"backbone.width={sizes['width']} is not divisible by backbone.heads={sizes['heads']}")
     return ViT(info.channels, info.image_size, patch, drop_path=cfg.drop_path, **sizes)
 
@@ -130,15 +127,11 @@ for _name in VIT_PRESETS:
     BACKBONES.register(_name)(lambda cfg, info, _n=_name: _vit(_n, cfg, info))
 
 
-def build_backbone(cfg: Any, info: Any) -> nn.Module:
+def build_backbone(cfg: BackboneConfig, info: DataInfo) -> nn.Module:
     """Backbone from ``cfg.backbone`` for a dataset; exposes ``.feature_dim``."""
     net = BACKBONES.get(cfg.name)(cfg, info)
     assert hasattr(net, "feature_dim"), f"backbone {cfg.name} must set feature_dim"
     return net
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-__all__ = ["VIT_PRESETS", "ViT", "build_backbone", "count_parameters"]
+__all__ = ["VIT_PRESETS", "ViT", "build_backbone"]

@@ -8,15 +8,18 @@ mean ``train/loss_diffusion`` over the last ``tail`` fraction of logged steps. L
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ssl_diffusion.app.pretrain import pretrain
+from ssl_diffusion.app.run_dir import update_metrics
 from ssl_diffusion.atomic import atomic_write_text
+from ssl_diffusion.config import Config
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.run import update_metrics
 
 BASELINE = "none"  # the candidate name of the run without self-conditioning
 
@@ -31,13 +34,9 @@ def tail_loss(metrics_csv: Path, key: str = "train/loss_diffusion", tail: float 
     return sum(values[-n:]) / n
 
 
-def run_layer_search(cfg: Any, recipe: str, candidates: list[str], steps: int,
+def run_layer_search(cfg: Config, recipe: str, candidates: list[str], steps: int,
                      tail: float = 0.25, include_baseline: bool = True) -> dict[str, Any]:
     """Train one short run per candidate source layer; return and save the ranking."""
-    import copy
-
-    from ssl_diffusion.engine import pretrain
-
     if cfg.method != "ddaepp":
         raise UserError(f"the source-layer search needs method=ddaepp (got `{cfg.method}`)")
     base_name = cfg.run.name or Path(recipe).stem

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ssl_diffusion.app.generation import FIDStage, generation_protocol
 from ssl_diffusion.diffusion.config import SamplerConfig
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.fid import ReferenceKey, fid_metrics, reference_stats
 from ssl_diffusion.eval.fid_config import FIDConfig
 from ssl_diffusion.eval.inception import InceptionFeatureNet
-from ssl_diffusion.generation import FIDStage, generation_protocol
 from ssl_diffusion.models.vae import LatentVAE
 
 ADM_FORMAT = "an ADM reference batch: .npz with arr_0 = uint8 images (N, H, W, 3)"

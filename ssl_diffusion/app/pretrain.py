@@ -2,35 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+import uuid
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssl_diffusion.checkpoint import (
-    META_KEY,
+import pytorch_lightning as pl
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from ssl_diffusion.app.callbacks.fid import fid_callbacks
+from ssl_diffusion.app.checkpoint import (
     AtomicCheckpoint,
     check_compatible,
     load_checkpoint_file,
 )
-from ssl_diffusion.config import build
-from ssl_diffusion.data.datasets import DataInfo, Splits, build_splits
+from ssl_diffusion.app.loggers import ResumableCSVLogger, truncate_metrics_csv
+from ssl_diffusion.app.run_dir import pin_schedule, prepare_run_dir, run_name, update_metrics
+from ssl_diffusion.app.signals import GracefulInterrupt, RunInterrupted
+from ssl_diffusion.config import Config
+from ssl_diffusion.data.datasets import Splits, build_splits
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.data.module import SSLDataModule
 from ssl_diffusion.data.transforms import eval_transform, train_transform
 from ssl_diffusion.errors import UserError
-from ssl_diffusion.loggers import truncate_metrics_csv
+from ssl_diffusion.methods.base import SSLMethod
 from ssl_diffusion.registry import METHODS
-from ssl_diffusion.run import prepare_run_dir, run_name, update_metrics
-from ssl_diffusion.signals import GracefulInterrupt, RunInterrupted
 
 
 def quiet_lightning() -> None:
     """Silence Lightning's advice that does not apply to CPU research runs."""
-    import logging
-
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*GPU available but not used.*",
@@ -58,35 +62,31 @@ def is_launch_rank_zero() -> bool:
     return int(env.get("SLURM_PROCID", 0)) == 0
 
 
-def method_class(cfg: Any) -> type:
+def method_class(cfg: Config) -> type:
     return METHODS.get(cfg.method)
 
 
-def build_method(cfg: Any, info: DataInfo) -> Any:
+def build_method(cfg: Config, info: DataInfo) -> SSLMethod:
     method = method_class(cfg)(cfg, info)
     method.validate_config()
     return method
 
 
-def build_datamodule(cfg: Any, splits: Splits, method_cls: type) -> SSLDataModule:
+def build_datamodule(cfg: Config, splits: Splits, method_cls: type) -> SSLDataModule:
     preset = cfg.aug.preset or method_cls.default_aug
     train_tf = train_transform(preset, splits.info, cfg.aug, method_cls.normalization)
     eval_tf = eval_transform(splits.info, method_cls.normalization)
     return SSLDataModule(cfg, splits, train_tf, eval_tf)
 
 
-def _loggers(cfg: Any, run_dir: Path, name: str, rank_zero: bool = True) -> list:
-    from ssl_diffusion.loggers import ResumableCSVLogger
-
+def _loggers(cfg: Config, run_dir: Path, name: str, rank_zero: bool = True) -> list:
     loggers = [ResumableCSVLogger(run_dir)]
     w = cfg.logger.wandb
     if w.enabled and w.mode != "disabled":
-        from pytorch_lightning.loggers import WandbLogger
+        from pytorch_lightning.loggers import WandbLogger  # wandb is optional (air-gapped nodes)
 
         id_file = run_dir / "wandb_id.txt"
         if rank_zero and not id_file.exists():
-            import uuid
-
             id_file.write_text(uuid.uuid4().hex[:12])
         # Other ranks never start a wandb run (Lightning logs from rank 0 only).
         run_id = id_file.read_text().strip() if id_file.exists() else None
@@ -96,9 +96,7 @@ def _loggers(cfg: Any, run_dir: Path, name: str, rank_zero: bool = True) -> list
     return loggers
 
 
-def make_trainer(cfg: Any, run_dir: Path, callbacks: list, loggers: list | bool) -> Any:
-    import pytorch_lightning as pl
-
+def make_trainer(cfg: Config, run_dir: Path, callbacks: list, loggers: list | bool) -> Any:
     t, e = cfg.trainer, cfg.eval
     val_kwargs: dict[str, Any] = {"check_val_every_n_epoch": e.every_n_epochs}
     if e.every_n_steps > 0:
@@ -128,12 +126,9 @@ def make_trainer(cfg: Any, run_dir: Path, callbacks: list, loggers: list | bool)
     )
 
 
-def check_trainer_config(cfg: Any) -> None:
+def check_trainer_config(cfg: Config) -> None:
     """Accelerator / devices / strategy / precision errors as one line before any file is
     written (Lightning checks them only when the Trainer is built, after the run directory)."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.utilities.exceptions import MisconfigurationException
-
     t = cfg.trainer
     try:
         pl.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -148,7 +143,7 @@ def check_trainer_config(cfg: Any) -> None:
             f"{text.splitlines()[0] if text else type(exc).__name__}") from None
 
 
-def _resume_step(cfg: Any, method: Any, run_dir: Path) -> int | None:
+def _resume_step(cfg: Config, method: SSLMethod, run_dir: Path) -> int | None:
     """Global step of ``run_dir/last.ckpt`` when the run resumes from it (after checking that it
     is a readable checkpoint of this method and architecture), else None."""
     last = run_dir / "last.ckpt"
@@ -159,7 +154,7 @@ def _resume_step(cfg: Any, method: Any, run_dir: Path) -> int | None:
     return int(ckpt.get("global_step", 0))
 
 
-def pretrain(cfg: Any, recipe: str | Path | None = None) -> dict[str, Any]:
+def pretrain(cfg: Config, recipe: str | Path | None = None) -> dict[str, Any]:
     """Train ``cfg.method`` on ``cfg.data``; resume from ``last.ckpt`` when present."""
     try:
         return _pretrain(cfg, recipe)
@@ -175,19 +170,14 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def _pretrain(cfg: Any, recipe: str | Path | None) -> dict[str, Any]:
-    import pytorch_lightning as pl
-
-    from ssl_diffusion.backbones import count_parameters
-
+def _pretrain(cfg: Config, recipe: str | Path | None) -> dict[str, Any]:
     quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pin_schedule(cfg, recipe)  # an extended run keeps its schedules (before the method is built)
     splits = build_splits(cfg.data)  # data errors surface before any file is written
     method_cls = method_class(cfg)
     method = build_method(cfg, splits.info)
     datamodule = build_datamodule(cfg, splits, method_cls)
-    from ssl_diffusion.callbacks.fid import fid_callbacks
-
     # eval.fid is checked (method can generate, Inception weights found) before any file is written
     fid_cbs = fid_callbacks(cfg, method, Path(cfg.run.root) / run_name(cfg, recipe), splits)
     check_trainer_config(cfg)
@@ -235,8 +225,7 @@ def _pretrain(cfg: Any, recipe: str | Path | None) -> dict[str, Any]:
         "epochs": int(trainer.current_epoch),
         "images_seen": int(trainer.global_step) * cfg.data.batch_size * world,
         # trainable parameters: not the EMA / momentum-teacher copies, not the online probe
-        "params": count_parameters(method, trainable_only=True) - (
-            count_parameters(method.online_linear, trainable_only=True) if method.online_linear is not None else 0),
+        "params": sum(p.numel() for _, p in method.trainable_named_parameters()),
         "train_wall_time_s": round(train_time, 2),
         "online": online,
         "online_protocol": method.online_protocol(),
@@ -246,47 +235,4 @@ def _pretrain(cfg: Any, recipe: str | Path | None) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "global_rank": trainer.global_rank, **result}
 
 
-@dataclass
-class LoadedMethod:
-    method: Any  # the SSLMethod in eval mode
-    cfg: Any  # the config it was trained with
-    info: DataInfo
-    ckpt: dict[str, Any]  # the raw checkpoint (weights_only-loaded)
-    path: Path
-
-
-def load_method(path: str | Path, overrides: list[str] = ()) -> LoadedMethod:
-    """Rebuild a method from its checkpoint (config and data info are stored inside)."""
-    from ssl_diffusion.config import check_mapping, deep_merge, parse_override
-    from ssl_diffusion.schema import root_schema, validate_config
-
-    path = Path(path)
-    ckpt = load_checkpoint_file(path)
-    meta = ckpt[META_KEY]
-    schema = root_schema()
-    data = check_mapping(meta["config"], schema, f"the config stored in {path}")
-    for text in overrides:
-        key, value = parse_override(text, schema)
-        from ssl_diffusion.config import _nest
-
-        data = deep_merge(data, check_mapping(_nest(key, value), schema, "the command line"))
-    cfg = build(schema, data)
-    validate_config(cfg)
-    info = DataInfo(**meta["data_info"])
-    method = method_class(cfg)(cfg, info)
-    try:
-        missing, unexpected = method.load_state_dict(ckpt["state_dict"], strict=False)
-    except RuntimeError as exc:  # same names, other shapes (e.g. a model.* override)
-        shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        raise UserError(f"checkpoint {path} does not match {meta.get('method')} as built now "
-                        f"({len(shapes)} tensors differ in shape, e.g. "
-                        f"{shapes[0] if shapes else str(exc).splitlines()[0]}); drop the model.* "
-                        f"overrides") from None
-    if unexpected or [k for k in missing if not k.startswith("online_linear")]:
-        raise UserError(f"checkpoint {path} does not match {meta.get('method')} as built now "
-                        f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-    method.eval()
-    return LoadedMethod(method, cfg, info, ckpt, path)
-
-
-__all__ = ["LoadedMethod", "UserError", "build_datamodule", "build_method", "load_method", "pretrain"]
+__all__ = ["build_datamodule", "build_method", "pretrain"]

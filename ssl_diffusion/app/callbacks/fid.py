@@ -19,39 +19,29 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from ssl_diffusion.app.generation import (
+    FIDStage,
+    check_guidance,
+    class_labels_for,
+    layered_sampler_config,
+)
+from ssl_diffusion.app.run_dir import update_metrics
+from ssl_diffusion.config import Config
 from ssl_diffusion.errors import UserError
+from ssl_diffusion.eval.inception import find_inception_weights
+from ssl_diffusion.methods.base import SSLMethod
 
 
-def check_fid_config(f: Any) -> None:
-    """Range checks of ``eval.fid`` that types cannot express (one-line UserErrors)."""
-    from ssl_diffusion.generation import check_ref_split
-
-    if f.n < 2:
-        raise UserError(f"eval.fid.n={f.n} is invalid; FID needs at least 2 generated images")
-    if f.ref_n is not None and f.ref_n < 2:
-        raise UserError(f"eval.fid.ref_n={f.ref_n} is invalid; use >= 2 images or null (whole split)")
-    if f.every_n_epochs < 0:
-        raise UserError(f"eval.fid.every_n_epochs={f.every_n_epochs} is invalid; use >= 0 "
-                        f"(0 = only at the end of training)")
-    if f.batch_size < 1:
-        raise UserError(f"eval.fid.batch_size={f.batch_size} is invalid; it must be >= 1")
-    check_ref_split(f.ref_split)
-
-
-def fid_callbacks(cfg: Any, method: Any, run_dir: Path, splits: Any = None) -> list[pl.Callback]:
+def fid_callbacks(cfg: Config, method: SSLMethod, run_dir: Path, splits: Any = None) -> list[pl.Callback]:
     """``[FIDCallback]`` when ``eval.fid.enabled`` (else ``[]``), after checking everything that
     could fail hours later: the method can generate, the sampler and FID knobs are valid, and
     the Inception weights are found offline."""
     f = cfg.eval.fid
     if not f.enabled:
         return []
-    from ssl_diffusion.eval.inception import find_inception_weights
-    from ssl_diffusion.generation import can_generate, check_guidance
-
-    if not can_generate(method):
+    if not method.generative:
         raise UserError(f"eval.fid.enabled=true but method {cfg.method} cannot generate images; "
                         f"set eval.fid.enabled=false or use method=ddae/ddaepp")
-    check_fid_config(f)
     callback = FIDCallback(cfg, run_dir, splits)
     check_guidance(method, callback.sampler_cfg)
     find_inception_weights(f.weights)
@@ -59,13 +49,10 @@ def fid_callbacks(cfg: Any, method: Any, run_dir: Path, splits: Any = None) -> l
 
 
 class FIDCallback(pl.Callback):
-    def __init__(self, cfg: Any, run_dir: Path, splits: Any = None) -> None:
-        from ssl_diffusion.generation import sampler_config
-
+    def __init__(self, cfg: Config, run_dir: Path, splits: Any = None) -> None:
         self.cfg, self.run_dir, self.splits = cfg, Path(run_dir), splits
         self.fid_cfg = cfg.eval.fid
-        f = self.fid_cfg
-        self.sampler_cfg = sampler_config(cfg.sampler, sampler=f.sampler, steps=f.steps, cfg=f.cfg)
+        self.sampler_cfg = layered_sampler_config(cfg, fid=True)
         self.stage: Any = None  # FIDStage, built on the first evaluation (module's device known)
         self.last: tuple[int, dict] | None = None  # (global step, result) of the last evaluation
 
@@ -80,13 +67,9 @@ class FIDCallback(pl.Callback):
         else:
             result = self.evaluate(trainer, pl_module)
         if trainer.is_global_zero:
-            from ssl_diffusion.run import update_metrics
-
             update_metrics(self.run_dir, {"fid": result})
 
     def evaluate(self, trainer: pl.Trainer, pl_module: Any) -> dict:
-        from ssl_diffusion.generation import FIDStage, class_labels_for
-
         f = self.fid_cfg
         if self.stage is None:
             self.stage = FIDStage(self.cfg, f, splits=self.splits, device=pl_module.device)
@@ -109,4 +92,4 @@ class FIDCallback(pl.Callback):
         return result
 
 
-__all__ = ["FIDCallback", "check_fid_config", "fid_callbacks"]
+__all__ = ["FIDCallback", "fid_callbacks"]

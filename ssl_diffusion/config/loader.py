@@ -3,7 +3,7 @@
 Order of precedence (later wins): dataclass defaults < ``defaults:`` fragments (in list order,
 each resolved recursively) < the recipe body < command-line ``key=value`` overrides.
 
-Every key is checked against the typed schema (``ssl_diffusion.schema``): an unknown or mistyped
+Every key is checked against the typed schema (``ssl_diffusion.config.root``): an unknown or mistyped
 key is a ``UserError`` naming the key, the file it came from and the closest valid key, e.g.
 ``unknown key `optim.lrr` in recipes/x.yaml — did you mean `optim.lr`?``.
 """
@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from ssl_diffusion.config.root import Config, root_schema
 from ssl_diffusion.errors import UserError, did_you_mean
 
 CONFIGS_DIRNAME = "configs"  # fragments that recipes pull in with `defaults:`
@@ -163,6 +165,7 @@ def build(cls: type, data: dict) -> Any:
 
 
 def to_dict(cfg: Any) -> dict:
+    """A config (or one section) as a plain nested dict."""
     return dataclasses.asdict(cfg)
 
 
@@ -257,7 +260,8 @@ def compose(path: Path, schema: type, _stack: tuple[Path, ...] = ()) -> dict:
     return deep_merge(merged, body)
 
 
-def parse_override(text: str, schema: type) -> tuple[str, Any]:
+def parse_override(text: str, schema: type) -> dict:
+    """``key=value`` (value parsed as YAML) -> a checked nested mapping ``{section: {key: v}}``."""
     if "=" not in text or text.startswith("="):
         raise UserError(
             f"bad override `{text}`: expected key=value with a dotted key, e.g. optim.lr=3e-4"
@@ -268,28 +272,34 @@ def parse_override(text: str, schema: type) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    check_mapping(_nest(key, value), schema, "the command line")
-    return key, value
+    nested: dict = {}
+    set_dotted(nested, key, value)
+    return check_mapping(nested, schema, "the command line")
 
 
-def _nest(key: str, value: Any) -> dict:
-    out: dict = {}
-    set_dotted(out, key, value)
-    return out
+def apply_overrides(data: dict, overrides: Sequence[str], schema: type) -> dict:
+    """Merge command-line ``key=value`` overrides (in order, later wins) into a config mapping."""
+    for text in overrides:
+        data = deep_merge(data, parse_override(text, schema))
+    return data
 
 
-def load_config(recipe: str | Path | None, overrides: list[str] = (), schema: type | None = None):
-    """Resolve a recipe and overrides into a validated config dataclass instance."""
-    from ssl_diffusion.schema import root_schema, validate_config
+def config_from_dict(data: dict, overrides: Sequence[str] = (), schema: type | None = None,
+                     source: str = "the config") -> Config:
+    """A checked, validated config from a nested mapping (e.g. the one stored in a checkpoint)."""
+    schema = schema or root_schema()
+    data = apply_overrides(check_mapping(data, schema, source), overrides, schema)
+    cfg = build(schema, data)
+    cfg.validate()
+    return cfg
 
+
+def load_config(recipe: str | Path | None, overrides: Sequence[str] = (),
+                schema: type | None = None) -> Config:
+    """Resolve a recipe and overrides into a validated config (``Config`` or a plugin subclass)."""
     schema = schema or root_schema()
     data = compose(Path(recipe), schema) if recipe is not None else {}
-    for text in overrides:
-        key, value = parse_override(text, schema)
-        data = deep_merge(data, check_mapping(_nest(key, value), schema, "the command line"))
-    cfg = build(schema, data)
-    validate_config(cfg)
-    return cfg
+    return config_from_dict(data, overrides, schema, "the recipe")
 
 
 class _Dumper(yaml.SafeDumper):
@@ -301,5 +311,5 @@ _Dumper.add_representer(
 )
 
 
-def dump_config(cfg: Any) -> str:
+def dump_config(cfg: Config) -> str:
     return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)

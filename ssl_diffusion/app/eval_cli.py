@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ssl_diffusion.app.cli import check_device
 from ssl_diffusion.errors import UserError
 
 
@@ -37,8 +38,6 @@ def eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.device is not None and args.device.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device `{args.device}` is not a torch device; use cpu or cuda")
     if args.device is not None and args.device != "cpu":
-        from ssl_diffusion.cli import check_device
-
         check_device(args.device)
     return kwargs
 

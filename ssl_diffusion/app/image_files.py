@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ssl_diffusion.atomic import AtomicFile, atomic_write
 
 
 def _pil(image: Tensor):
-    from PIL import Image
-
     arr = np.ascontiguousarray(image.permute(1, 2, 0).numpy())  # (H, W, C) uint8
     return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)  # mode L or RGB
 
@@ -35,9 +34,11 @@ def _check_uint8(images: Tensor | np.ndarray) -> Tensor:
 
 
 def save_grid(images_uint8: Tensor, path: str | Path, nrow: int | None = None,
-              padding: int = 2, pad_value: int = 0) -> Path:
+              padding: int = 2, pad_value: int = 0, min_width: int = 0) -> Path:
     """PNG grid of uint8 (N, C, H, W) images, ``nrow`` per row (default ceil(sqrt(N))); grey
-    images are saved as an 8-bit L image, colour as RGB."""
+    images are saved as an 8-bit L image, colour as RGB. With ``min_width`` the grid is enlarged
+    by the smallest integer factor that makes it at least that wide (nearest neighbour: every
+    pixel becomes a k x k block, so small images stay sharp)."""
     x = _check_uint8(images_uint8)
     n, c, h, w = x.shape
     ncol = nrow or max(1, math.ceil(math.sqrt(n)))
@@ -48,6 +49,9 @@ def save_grid(images_uint8: Tensor, path: str | Path, nrow: int | None = None,
         r, col = divmod(i, ncol)
         top, left = padding + r * (h + padding), padding + col * (w + padding)
         grid[:, top : top + h, left : left + w] = x[i]
+    k = max(1, math.ceil(min_width / grid.shape[2]))
+    if k > 1:
+        grid = grid.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)  # (C, k*H, k*W)
     return atomic_write(path, lambda f: _pil(grid).save(f, format="PNG"))
 
 

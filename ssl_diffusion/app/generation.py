@@ -29,10 +29,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from ssl_diffusion.app.image_files import NpzWriter, save_grid, save_npz, save_png_folder
+from ssl_diffusion.app.loading import load_method
+from ssl_diffusion.app.run_dir import update_metrics
+from ssl_diffusion.atomic import atomic_write
+from ssl_diffusion.config import Config
+from ssl_diffusion.config.sections import DataConfig
+from ssl_diffusion.data.datasets import build_splits
 from ssl_diffusion.diffusion.config import SamplerConfig
 from ssl_diffusion.diffusion.generate import check_sampler_config
-from ssl_diffusion.errors import UserError, did_you_mean
+from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.fid import (
     ExtractedStats,
     ReferenceKey,
@@ -41,14 +49,14 @@ from ssl_diffusion.eval.fid import (
     fid_metrics,
     reference_stats,
 )
-from ssl_diffusion.eval.fid_config import FIDConfig
+from ssl_diffusion.eval.fid_config import FIDConfig, check_ref_split
 from ssl_diffusion.eval.inception import InceptionFeatureNet, load_inception
-from ssl_diffusion.image_files import NpzWriter, save_grid, save_npz, save_png_folder
+from ssl_diffusion.methods.base import SSLMethod
 
 GRID_MAX = 64  # images shown in samples.png
+GRID_MIN_WIDTH = 512  # samples.png is enlarged (nearest neighbour) to at least this width
 REF_ORDER_SEED = 0  # fixed shuffle of the reference split: ref_n is a uniform subset, and the
 # cached statistics (keyed without a seed) always describe the same images
-REF_SPLITS = ("train", "val", "test")
 _SEED_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -88,15 +96,10 @@ def format_seeds(seeds: Sequence[int]) -> str:
 
 
 # ----------------------------------------------------------------------------- sampler / model
-def can_generate(method: Any) -> bool:
-    return callable(getattr(method, "generate", None))
-
-
-def require_generator(method: Any) -> None:
-    if not can_generate(method):
-        name = getattr(getattr(method, "cfg", None), "method", type(method).__name__)
-        raise UserError(f"checkpoint is method {name} which cannot generate; use a ddae/ddaepp "
-                        f"checkpoint")
+def require_generator(method: SSLMethod) -> None:
+    if not method.generative:
+        raise UserError(f"checkpoint is method {method.cfg.method} which cannot generate; use a "
+                        f"ddae/ddaepp checkpoint")
 
 
 def sampler_config(base: SamplerConfig, *, sampler: str | None = None, steps: int | None = None,
@@ -109,6 +112,19 @@ def sampler_config(base: SamplerConfig, *, sampler: str | None = None, steps: in
     return out
 
 
+def layered_sampler_config(cfg: Config, *, fid: bool = False, sampler: str | None = None,
+                           steps: int | None = None, eta: float | None = None,
+                           guidance: float | None = None,
+                           shift: float | None = None) -> SamplerConfig:
+    """The sampler of a run, layered: the recipe's ``sampler`` < ``eval.fid``'s overrides (for
+    FID) < explicit arguments (CLI flags); None keeps the layer below."""
+    base = cfg.sampler
+    if fid:
+        f = cfg.eval.fid
+        base = sampler_config(base, sampler=f.sampler, steps=f.steps, cfg=f.cfg)
+    return sampler_config(base, sampler=sampler, steps=steps, eta=eta, cfg=guidance, shift=shift)
+
+
 def sampler_nfe(cfg: SamplerConfig) -> int:
     """Denoiser evaluations per image: Heun's last step is Euler (2 steps - 1), others 1/step.
 
@@ -117,11 +133,11 @@ def sampler_nfe(cfg: SamplerConfig) -> int:
     return 2 * cfg.steps - 1 if cfg.sampler == "heun" else cfg.steps
 
 
-def is_conditional(method: Any) -> bool:
-    return bool(getattr(getattr(method.cfg, "ddae", None), "class_conditional", False))
+def is_conditional(method: SSLMethod) -> bool:
+    return method.class_conditional
 
 
-def class_labels_for(method: Any, seeds: Sequence[int], classes: int | str | None) -> Tensor | None:
+def class_labels_for(method: SSLMethod, seeds: Sequence[int], classes: int | str | None) -> Tensor | None:
     """Labels for ``seeds``: ``None`` (unconditional; ``"all"`` for a conditional model), an int
     (one class for every image) or ``"all"`` (seed s gets class s mod K: balanced over a range of
     seeds and, like the image, a function of the seed only)."""
@@ -139,7 +155,7 @@ def class_labels_for(method: Any, seeds: Sequence[int], classes: int | str | Non
     return torch.full((len(seeds),), classes, dtype=torch.long)
 
 
-def check_guidance(method: Any, cfg: SamplerConfig) -> None:
+def check_guidance(method: SSLMethod, cfg: SamplerConfig) -> None:
     if cfg.cfg != 1.0 and not is_conditional(method):
         raise UserError(f"guidance scale cfg={cfg.cfg} needs a class-conditional model; this one "
                         f"is unconditional: use --cfg 1 (sampler.cfg=1)")
@@ -150,7 +166,7 @@ def to_uint8(images: Tensor) -> Tensor:
     return (images.float() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def generate_uint8(method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig,
+def generate_uint8(method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig,
                    batch_size: int = 64, use_ema: bool = True,
                    class_labels: Tensor | None = None, progress: bool = True) -> Iterator[Tensor]:
     """uint8 (B, C, H, W) CPU batches of ``method.generate`` for ``seeds`` in order.
@@ -158,8 +174,6 @@ def generate_uint8(method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig
     ``class_labels`` (N,) are aligned with ``seeds``. The image of a seed does not depend on
     ``batch_size`` (up to float rounding in batched matmuls, which can move a pixel by 1/255).
     """
-    from tqdm.auto import tqdm
-
     seeds = [int(s) for s in seeds]
     if batch_size < 1:
         raise UserError(f"batch size {batch_size} is invalid; it must be >= 1")
@@ -179,7 +193,7 @@ def generate_uint8(method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig
 
 
 # ----------------------------------------------------------------------------- reference data
-def reference_dataset_id(data_cfg: Any) -> str:
+def reference_dataset_id(data_cfg: DataConfig) -> str:
     """The dataset part of the reference-cache key: the name, plus what else fixes the images
     (the folder of an imagefolder dataset, the shape of the fake dataset)."""
     if data_cfg.name == "imagefolder":
@@ -188,12 +202,6 @@ def reference_dataset_id(data_cfg: Any) -> str:
     if data_cfg.name == "fake":
         return f"fake-{data_cfg.fake_channels}c-{data_cfg.fake_size}"
     return data_cfg.name
-
-
-def check_ref_split(split: str) -> None:
-    if split not in REF_SPLITS:
-        raise UserError(f"eval.fid.ref_split={split!r} is not a split; choose one of "
-                        f"{', '.join(REF_SPLITS)}{did_you_mean(split, REF_SPLITS)}")
 
 
 def reference_split(splits: Any, split: str) -> Any:
@@ -205,12 +213,10 @@ def reference_split(splits: Any, split: str) -> Any:
     return getattr(splits, split)
 
 
-def reference_batches(cfg: Any, split: str, n: int | None, seed: int = REF_ORDER_SEED,
+def reference_batches(cfg: Config, split: str, n: int | None, seed: int = REF_ORDER_SEED,
                       batch_size: int = 200, splits: Any = None) -> Iterator[Tensor]:
     """uint8 (B, C, H, W) batches of a dataset split (raw pixels, no normalisation), in a
     ``seed``-shuffled order, so the first ``n`` images are a uniform random subset."""
-    from ssl_diffusion.data.datasets import build_splits
-
     splits = splits if splits is not None else build_splits(cfg.data)
     dataset = reference_split(splits, split)
     mode = "L" if splits.info.channels == 1 else "RGB"
@@ -232,7 +238,7 @@ class FIDStage:
     reference statistics first, the other ranks then read the cache.
     """
 
-    def __init__(self, cfg: Any, fid_cfg: FIDConfig | None = None, *, splits: Any = None,
+    def __init__(self, cfg: Config, fid_cfg: FIDConfig | None = None, *, splits: Any = None,
                  net: InceptionFeatureNet | None = None, device: str | torch.device = "cpu"):
         self.cfg = cfg
         self.fid_cfg = fid_cfg if fid_cfg is not None else cfg.eval.fid
@@ -240,6 +246,7 @@ class FIDStage:
         self.splits = splits
         self.net = net if net is not None else load_inception(self.fid_cfg.weights, device=device)
         self._ref: ReferenceStats | None = None
+        self.last_generated: ExtractedStats | None = None
 
     def reference_key(self, image_size: int) -> ReferenceKey:
         f = self.fid_cfg
@@ -268,7 +275,7 @@ class FIDStage:
                     self._ref = compute()
         return self._ref
 
-    def generated_stats(self, method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
+    def generated_stats(self, method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
                         batch_size: int = 64, use_ema: bool = True,
                         class_labels: Tensor | None = None, rank: int = 0, world: int = 1,
                         progress: bool = True,
@@ -290,7 +297,7 @@ class FIDStage:
             gen.logits.all_reduce_()
         return gen
 
-    def evaluate(self, method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
+    def evaluate(self, method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig, *,
                  batch_size: int = 64, use_ema: bool = True, class_labels: Tensor | None = None,
                  rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
                  progress: bool = True,
@@ -305,6 +312,7 @@ class FIDStage:
                                    use_ema=use_ema, class_labels=class_labels, rank=rank,
                                    world=world, progress=progress, tap=tap)
         f = self.fid_cfg
+        self.last_generated = gen  # kept features, for paired bootstraps (save_generated_features)
         result = fid_metrics(gen, ref, key, f, self.net)
         result.update(generation_protocol(method, seeds, sampler_cfg, use_ema, class_labels))
         result.update({"ref_n": f.ref_n, "ref_split": f.ref_split, "world_size": world,
@@ -322,7 +330,7 @@ def _tapped(batches: Iterable[Tensor], seeds: list[int],
         yield batch
 
 
-def generation_protocol(method: Any, seeds: Sequence[int], sampler_cfg: SamplerConfig,
+def generation_protocol(method: SSLMethod, seeds: Sequence[int], sampler_cfg: SamplerConfig,
                         use_ema: bool, class_labels: Tensor | None) -> dict:
     """The knobs that decide the generated images, in the form stored in metrics.json."""
     weights = "ema" if use_ema and getattr(method, "ema", None) is not None else "raw"
@@ -337,12 +345,13 @@ def generation_protocol(method: Any, seeds: Sequence[int], sampler_cfg: SamplerC
     return {
         "n": len(seeds), "seeds": format_seeds(list(seeds)), "sampler": sampler_cfg.sampler,
         "steps": sampler_cfg.steps, "nfe": sampler_nfe(sampler_cfg), "eta": sampler_cfg.eta,
-        "cfg": sampler_cfg.cfg, "cfg_max_sigma": sampler_cfg.cfg_max_sigma, "shift": sampler_cfg.shift, "clip_x0": sampler_cfg.clip_x0,
+        "cfg": sampler_cfg.cfg, "cfg_max_sigma": sampler_cfg.cfg_max_sigma,
+        "shift": sampler_cfg.shift, "clip_x0": sampler_cfg.clip_x0,
         "weights": weights, "class_labels": labels, "objective": method.cfg.diffusion.objective,
     }
 
 
-def run_fid(method: Any, cfg: Any, run_dir: str | Path | None, n: int,
+def run_fid(method: SSLMethod, cfg: Config, run_dir: str | Path | None, n: int,
             sampler_cfg: SamplerConfig, *, seeds: Sequence[int] | None = None,
             batch_size: int = 64, use_ema: bool = True, class_labels: Tensor | None = None,
             fid_cfg: FIDConfig | None = None, stage: FIDStage | None = None,
@@ -350,8 +359,6 @@ def run_fid(method: Any, cfg: Any, run_dir: str | Path | None, n: int,
             extra: dict | None = None) -> dict:
     """FID of ``n`` images (seeds ``fid.seed + i`` unless given) against ``cfg``'s dataset;
     merges the result (with ``extra``) into ``run_dir/metrics.json`` under ``fid``."""
-    from ssl_diffusion.run import update_metrics
-
     require_generator(method)
     fid_cfg = fid_cfg if fid_cfg is not None else cfg.eval.fid
     seeds = list(seeds) if seeds is not None else list(range(fid_cfg.seed, fid_cfg.seed + n))
@@ -362,8 +369,25 @@ def run_fid(method: Any, cfg: Any, run_dir: str | Path | None, n: int,
                             class_labels=class_labels, progress=progress, tap=tap)
     result.update(extra or {})
     if run_dir is not None:
+        saved = save_generated_features(Path(run_dir), stage.last_generated)
+        if saved is not None:
+            result["features_file"] = saved
         update_metrics(Path(run_dir), {"fid": result})
     return result
+
+
+def save_generated_features(run_dir: Path, gen: ExtractedStats | None) -> str | None:
+    """``<run_dir>/fid_features.npz``: the Inception features of every generated image with its
+    sample key (a hash of the image index, the same for every model at the same seeds), so two
+    runs' images can be paired for a bootstrap of the FID / KID difference. Written only when
+    every image's features were kept (n <= eval.fid.kid_max_n)."""
+    if gen is None or len(gen.features.kept_features) != gen.features.count:
+        return None
+    path = run_dir / "fid_features.npz"
+    f = gen.features
+    atomic_write(path, lambda fh: np.savez_compressed(fh, features=f.kept_features,
+                                                      key=f.kept_priority))
+    return str(path)
 
 
 def run_fid_from_checkpoint(ckpt: str | Path, *, n: int, ref_n: int | None = None,
@@ -372,18 +396,11 @@ def run_fid_from_checkpoint(ckpt: str | Path, *, n: int, ref_n: int | None = Non
                             device: str | None = None, progress: bool = True) -> dict:
     """FID of a checkpoint with its recipe's ``eval.fid``/``sampler`` settings (the arguments
     override them); merged into the checkpoint run's metrics.json. Used by the comparison tool."""
-    import dataclasses
-
-    import torch
-
-    from ssl_diffusion.engine import load_method
-
     loaded = load_method(ckpt, list(overrides))
     method, cfg = loaded.method, loaded.cfg
     require_generator(method)
     fid_cfg = dataclasses.replace(cfg.eval.fid, n=n, **({"ref_n": ref_n} if ref_n is not None else {}))
-    base = sampler_config(cfg.sampler, sampler=fid_cfg.sampler, steps=fid_cfg.steps, cfg=fid_cfg.cfg)
-    scfg = sampler_config(base, sampler=sampler, steps=steps)
+    scfg = layered_sampler_config(cfg, fid=True, sampler=sampler, steps=steps)
     check_guidance(method, scfg)
     seeds = list(range(fid_cfg.seed, fid_cfg.seed + n))
     labels = class_labels_for(method, seeds, None)
@@ -394,12 +411,14 @@ def run_fid_from_checkpoint(ckpt: str | Path, *, n: int, ref_n: int | None = Non
 
 
 __all__ = [
+    "GRID_MIN_WIDTH",
     "FIDStage",
     "NpzWriter",
     "class_labels_for",
     "fid_metrics",
     "format_seeds",
     "generate_uint8",
+    "layered_sampler_config",
     "parse_seeds",
     "reference_batches",
     "run_fid",

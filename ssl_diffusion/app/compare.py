@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -22,11 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssl_diffusion.atomic import atomic_write, atomic_write_text
-from ssl_diffusion.errors import UserError
-from ssl_diffusion.signals import RunInterrupted
+import torch
 
-GENERATIVE = ("ddae", "ddaepp")  # methods with a sampler (FID) and a (layer, noise) sweep
+from ssl_diffusion.app import evaluate as runner
+from ssl_diffusion.app.evaluate import raw_pixel_scores
+from ssl_diffusion.app.generation import run_fid_from_checkpoint
+from ssl_diffusion.app.paired import markdown as paired_markdown
+from ssl_diffusion.app.paired import paired_analysis
+from ssl_diffusion.app.pretrain import pretrain
+from ssl_diffusion.app.run_dir import read_metrics
+from ssl_diffusion.app.signals import RunInterrupted
+from ssl_diffusion.atomic import atomic_write, atomic_write_text
+from ssl_diffusion.config import Config, load_config
+from ssl_diffusion.errors import UserError
+from ssl_diffusion.registry import METHODS
+from ssl_diffusion.version import __version__
 
 
 @dataclass
@@ -45,6 +56,8 @@ class CompareOptions:
     linear: bool = True
     limit: int | None = None  # cap on images per split (e.g. a 10k kNN gallery / probe set)
     raw_pixels: bool = True  # add the raw-pixel baseline under the same protocol
+    paired: bool = True  # paired differences of every recipe against the first one
+    bootstrap_resamples: int = 100  # per seed, for the FID / KID difference intervals
     command: str = ""  # the command line, recorded in the report
 
 
@@ -60,13 +73,8 @@ class RunRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_metrics(run_dir: Path) -> dict:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _finished(cfg: Any, run_dir: Path) -> bool:
-    pre = _load_metrics(run_dir).get("pretrain")
+def _finished(cfg: Config, run_dir: Path) -> bool:
+    pre = read_metrics(run_dir).get("pretrain")
     if not pre or not (run_dir / "last.ckpt").is_file():
         return False
     if cfg.trainer.max_steps is not None:
@@ -89,9 +97,6 @@ def _stage(record: RunRecord, name: str, fn: Callable[[], Any]) -> bool:
 
 
 def run_one(recipe: str, seed: int, opts: CompareOptions) -> RunRecord:
-    from ssl_diffusion.config import load_config
-    from ssl_diffusion.engine import pretrain
-
     stem = Path(recipe).stem
     run_dir = opts.out / f"{stem}-s{seed}"
     record = RunRecord(recipe=recipe, seed=seed, run_dir=str(run_dir))
@@ -108,20 +113,19 @@ def run_one(recipe: str, seed: int, opts: CompareOptions) -> RunRecord:
     if not _finished(cfg, run_dir) and not _stage(record, "train", lambda: pretrain(cfg, recipe)):
         return _collect(record)
     ckpt = run_dir / "last.ckpt"
-    done = _load_metrics(run_dir)
-    from ssl_diffusion.eval import runner
-
+    done = read_metrics(run_dir)
     stages: list[tuple[str, Callable[[], Any]]] = []
     lim = opts.limit
     if "knn" not in done:
         stages.append(("knn", lambda: runner.run_knn(ckpt, progress=False, limit=lim)))
     if opts.linear and "linear" not in done:
         stages.append(("linear", lambda: runner.run_linear(ckpt, progress=False, limit=lim)))
-    if cfg.method in GENERATIVE and opts.sweep and "sweep" not in done:
+    generative = METHODS.get(cfg.method).generative
+    if generative and opts.sweep and "sweep" not in done:
         stages.append(("sweep", lambda: runner.run_sweep(
             ckpt, layers=opts.sweep_layers, noises=opts.sweep_noises, metric="both",
             progress=False, limit=lim)))
-    if cfg.method in GENERATIVE and opts.fid and "fid" not in done:
+    if generative and opts.fid and "fid" not in done:
         stages.append(("fid", lambda: _fid(ckpt, opts)))
     for name, fn in stages:
         _stage(record, name, fn)  # later stages still run after a failing one
@@ -129,55 +133,24 @@ def run_one(recipe: str, seed: int, opts: CompareOptions) -> RunRecord:
 
 
 def raw_pixel_baseline(recipe: str, opts: CompareOptions) -> dict[str, Any]:
-    """kNN and linear probe on raw pixels ([-1, 1], flattened) under the recipes' protocol:
-    the same splits, gallery, k, T and probe settings as every learned representation."""
-    import numpy as np
-
-    from ssl_diffusion.config import load_config
-    from ssl_diffusion.data.datasets import build_splits
-    from ssl_diffusion.data.transforms import eval_transform
-    from ssl_diffusion.eval.features import FeatureSet
-    from ssl_diffusion.eval.runner import knn_on_features, linear_on_features
-
+    """``evaluate.raw_pixel_scores`` under the recipes' protocol, cached in ``<out>``."""
     cache = opts.out / "raw_pixels.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    cfg = load_config(recipe, opts.overrides)
-    splits = build_splits(cfg.data)
-    tf = eval_transform(splits.info, "symmetric")
-
-    def pixels(dataset: Any) -> FeatureSet:
-        n = len(dataset) if opts.limit is None else min(opts.limit, len(dataset))
-        xs, ys = zip(*(dataset[i] for i in range(n)))
-        feats = np.stack([tf(x).flatten().numpy() for x in xs]).astype(np.float32)
-        return FeatureSet(feats, np.asarray(ys, dtype=np.int64))
-
-    train = pixels(splits.train)
-    evals = {"val": pixels(splits.val), "test": pixels(splits.test)}
-    import torch
-
-    knn = knn_on_features(train, evals, splits.info.num_classes, cfg.eval.knn)
-    linear = linear_on_features(train, evals, splits.info.num_classes, cfg.eval.linear,
-                                torch.device("cpu")) if opts.linear else {}
-    result = {"knn_top1": knn["test_top1"], "knn_val_top1": knn["val_top1"],
-              "linear_top1": linear.get("test_top1"), "linear_val_top1": linear.get("val_top1"),
-              "protocol": {"features": "raw pixels in [-1, 1], flattened", "dataset": cfg.data.name,
-                           "train_size": len(train), "limit": opts.limit,
-                           "knn": knn["protocol"]}}
+    result = raw_pixel_scores(load_config(recipe, opts.overrides), limit=opts.limit,
+                              linear=opts.linear)
     atomic_write_text(cache, json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
 def _fid(ckpt: Path, opts: CompareOptions) -> dict:
-    from ssl_diffusion.generation import run_fid_from_checkpoint
-
     return run_fid_from_checkpoint(ckpt, n=opts.fid_n, ref_n=opts.fid_ref_n,
                                    sampler=opts.fid_sampler, steps=opts.fid_steps, progress=False)
 
 
 def _collect(record: RunRecord) -> RunRecord:
     """Flatten the run's metrics.json into the numbers the report tabulates."""
-    m = _load_metrics(Path(record.run_dir))
+    m = read_metrics(Path(record.run_dir))
     pre = m.get("pretrain", {})
     out: dict[str, Any] = {}
     if pre:
@@ -267,10 +240,6 @@ def _fmt(cell: Any, key: str) -> str:
 
 
 def environment() -> dict[str, Any]:
-    import torch
-
-    from ssl_diffusion import __version__
-
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=False).stdout.strip() or None
@@ -284,8 +253,6 @@ def environment() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import os
-
     return {"version": __version__, "commit": commit, "python": platform.python_version(),
             "torch": torch.__version__, "cpu": cpu, "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -293,7 +260,8 @@ def environment() -> dict[str, Any]:
 
 
 def write_markdown(path: Path, agg: dict, records: list[RunRecord], opts: CompareOptions,
-                   env: dict, raw: dict[str, Any] | None = None) -> None:
+                   env: dict, raw: dict[str, Any] | None = None,
+                   paired: dict[str, Any] | None = None) -> None:
     lines = ["# Comparison", "", f"Command: `{opts.command}`", "",
              f"ssl_diffusion {env['version']} (commit {env['commit']}), torch {env['torch']}, "
              f"{env['cpu']} x{env['cpu_count']}" + (f", GPU {env['gpu']}" if env["gpu"] else "") +
@@ -316,6 +284,7 @@ def write_markdown(path: Path, agg: dict, records: list[RunRecord], opts: Compar
               "linear: BN (no affine) + linear probe on frozen train-split features; diffusion "
               "methods: the (layer, noise) cell chosen on the validation split, reported on test."
               + (f" Every split capped at {opts.limit} images." if opts.limit else ""), ""]
+    lines += paired_markdown(paired or {})
     failed = [r for r in records if r.status != "ok"]
     if failed:
         lines += ["## Failed runs", ""]
@@ -330,7 +299,7 @@ def write_markdown(path: Path, agg: dict, records: list[RunRecord], opts: Compar
 
 
 def write_plot(path: Path, records: list[RunRecord]) -> None:
-    import matplotlib
+    import matplotlib  # here: the plotting backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -352,6 +321,17 @@ def write_plot(path: Path, records: list[RunRecord]) -> None:
         else:
             ax.scatter(fid, acc, color=color, label=label if first else None)
         plotted += 1
+    # paired lines: the runs of one seed (same base weights, data order and noise) joined
+    by_seed: dict[int, list[tuple[float, float]]] = {}
+    for r in records:
+        acc = r.metrics.get("sweep_linear_top1", r.metrics.get("linear_top1"))
+        if acc is not None and r.metrics.get("fid") is not None:
+            by_seed.setdefault(r.seed, []).append((r.metrics["fid"], acc))
+    for seed, points in sorted(by_seed.items()):
+        if len(points) > 1:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, color="0.6", linewidth=0.8, zorder=0,
+                    label="same seed (paired)" if seed == min(by_seed) else None)
     ax.set_xlabel("FID (lower is better)")
     ax.set_ylabel("linear top-1 % (test; val-chosen cell)")
     ax.set_title("Linear accuracy vs FID, one point per run")
@@ -401,9 +381,10 @@ def compare(recipes: list[str], opts: CompareOptions) -> dict[str, Any]:
             raw = raw_pixel_baseline(plan[0][0], opts)
         except Exception as exc:  # noqa: BLE001 - the baseline must not lose the report
             raw = {"error": f"{type(exc).__name__}: {exc}"}
+    paired = paired_analysis(records, plan[0][0], opts.bootstrap_resamples) if opts.paired else None
     result = {"command": opts.command, "environment": env, "aggregate": agg, "raw_pixels": raw,
-              "runs": [r.__dict__ for r in records]}
+              "paired": paired, "runs": [r.__dict__ for r in records]}
     atomic_write_text(opts.out / "comparison.json", json.dumps(result, indent=2, default=str) + "\n")
-    write_markdown(opts.out / "comparison.md", agg, records, opts, env, raw)
+    write_markdown(opts.out / "comparison.md", agg, records, opts, env, raw, paired)
     write_plot(opts.out / "comparison.png", records)
     return result
