@@ -71,7 +71,7 @@ def estimate(cfg: Any, dataset_size: int = IMAGENET_TRAIN) -> dict[str, Any] | N
 
 def format_estimate(est: dict[str, Any] | None) -> str:
     if est is None:
-        return "# cost: no throughput entry for this preset (see ssl_diffusion/cost.py)"
+        return "# cost: no throughput entry for this preset (see ssl_diffusion/app/cost.py)"
     gh, wh = est["gpu_hours"], est["wall_hours_on_devices"]
     return (f"# cost (ESTIMATED, {est['source']}; MFU {est['mfu_assumed']:.0%} assumed): "
             f"{est['train_images'] / 1e6:.1f}M training images of {est['preset']} = "
@@ -91,7 +91,7 @@ def dry_run_estimate(cfg: Any) -> str:
 
         size = int(json.loads(manifest.read_text()).get("num_images", size))
     elif cfg.data.name != "latents":
-        return "# cost: estimates exist for the ImageNet-256 latent recipes only (ssl_diffusion/cost.py)"
+        return "# cost: estimates exist for the ImageNet-256 latent recipes only (ssl_diffusion/app/cost.py)"
     return format_estimate(estimate(cfg, size))
 
 
