@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl_diffusion.atomic import atomic_write
-from ssl_diffusion.eval.features import FeatureSet, is_rank_zero
+from ssl_diffusion.eval.feature_set import FeatureSet, is_rank_zero
 
 
 class ShardedFeatureCache:
