@@ -63,6 +63,20 @@ class DecodedGenerator:
     def device(self) -> torch.device:
         return self.method.device
 
+    # the parts of the SSLMethod contract the generation stage reads, forwarded
+    @property
+    def class_conditional(self) -> bool:
+        return self.method.class_conditional
+
+    @property
+    def generative(self) -> bool:
+        return self.method.generative
+
+    def to(self, device: str | torch.device) -> DecodedGenerator:
+        self.method.to(device)
+        self.vae.to(device)
+        return self
+
     def generate_latents(self, seeds: Sequence[int], sampler_cfg: SamplerConfig | None = None,
                          class_labels: Tensor | None = None, use_ema: bool = True) -> Tensor:
         """Raw (de-normalised) latents (N, C, h, w) of ``seeds``."""
