@@ -27,11 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ssl_diffusion.app.loading import load_method
+from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.config import load_config
 from ssl_diffusion.data.datasets import build_splits
 from ssl_diffusion.data.transforms import eval_transform
 from ssl_diffusion.diffusion.augment import AUG_DIM
-from ssl_diffusion.engine import load_method, pretrain
 from ssl_diffusion.eval.online import online_knn
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart_ddaepp.yaml"

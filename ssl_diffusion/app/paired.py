@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from ssl_diffusion.app.run_dir import read_metrics
 from ssl_diffusion.eval.fid import load_reference_stats
+from ssl_diffusion.eval.fid_config import FIDConfig
 from ssl_diffusion.eval.paired import bootstrap_generation_difference, mcnemar, paired_difference
 
 # metric -> (preferred key, fallback key) in a run record's flattened metrics
@@ -69,6 +71,15 @@ def _generated(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
         return z["features"][order], z["key"][order]
 
 
+def _kid_subsets(run_dir: Path) -> int:
+    """The KID subset count the run's reported KID used (its config.yaml, else the default)."""
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        return int(saved["eval"]["fid"]["kid_subsets"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return FIDConfig().kid_subsets
+
+
 def within_seed(run_a: Path, run_b: Path, resamples: int = 100) -> dict[str, Any]:
     """Example-level tests of one seed: McNemar (linear, kNN) and the generation bootstrap."""
     out: dict[str, Any] = {}
@@ -87,7 +98,8 @@ def within_seed(run_a: Path, run_b: Path, resamples: int = 100) -> dict[str, Any
         if len(ga[1]) == len(gb[1]) and np.array_equal(ga[1], gb[1]):  # same image indices
             boot = bootstrap_generation_difference(
                 ga[0], gb[0], load_reference_stats(ref_path), resamples=resamples, seed=0,
-                kid_subset_size=int(fid_a.get("kid_subset_size") or 1000))
+                kid_subset_size=int(fid_a.get("kid_subset_size") or 1000),
+                kid_subsets=_kid_subsets(run_a))
             out["generation"] = boot.to_dict()
         else:
             out["generation"] = {"error": "the runs generated different image indices"}

@@ -26,7 +26,8 @@ def batchnorm_batch_stats(*modules: nn.Module, enabled: bool = True) -> Iterator
     MoCo v3 (Chen, Xie & He 2021) keeps its momentum encoder in train mode, so its BatchNorm
     normalises with the current batch's statistics. Only BatchNorm layers switch (dropout and
     the rest keep their mode); every mode is restored on exit. Their running statistics are
-    updated meanwhile but never read (``_momentum_update`` overwrites them from the student).
+    updated meanwhile but never read (``methods.momentum.momentum_update`` copies the
+    student's buffers over them each step).
     """
     bns = [m for mod in modules for m in mod.modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
