@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="image-decoding processes")
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     import torch
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and world > 1:
         device = f"cuda:{rank % max(torch.cuda.device_count(), 1)}"
     vae = load_vae(cfg, device=device)
-    bar = tqdm(unit="img", desc=f"encoding (rank {rank}/{world})", dynamic_ncols=True)
+    bar = tqdm(unit="img", desc=f"encoding (rank {rank}/{world})", dynamic_ncols=True,
+               disable=args.quiet)
     try:
         result = extract_latents(args.images, args.out, vae, image_size=args.image_size,
                                  flip=args.flip, shard_size=args.shard_size,
