@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(args.recipes, opts)
     failed = [r for r in result["runs"] if r["status"] != "ok"]
     print(f"wrote {opts.out}/comparison.md ({len(result['runs'])} runs, {len(failed)} failed)")
-    return 1 if failed and len(failed) == len(result["runs"]) else 0
+    if failed:  # the report is written either way; the exit code says not everything ran
+        raise UserError(f"{len(failed)} of {len(result['runs'])} runs failed (e.g. "
+                        f"{Path(failed[0]['recipe']).stem} seed {failed[0]['seed']}: "
+                        f"{failed[0]['error']}); see {opts.out}/comparison.md")
+    return 0
 
 
 if __name__ == "__main__":

@@ -58,15 +58,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _seeds(args: argparse.Namespace, first_seed: int) -> list[int]:
-    from ssl_diffusion.app.generation import parse_seeds
+    from ssl_diffusion.app.generation import MAX_IMAGES, parse_seeds
 
     if args.n is not None and args.n < 1:
         raise UserError(f"--n {args.n} is invalid; generate at least 1 image")
+    if args.n is not None and args.n > MAX_IMAGES:
+        raise UserError(f"--n {args.n:,} is more than one call generates (at most {MAX_IMAGES:,}); "
+                        f"split the job into --seeds ranges, e.g. --seeds 0-{MAX_IMAGES - 1}")
     if args.seeds is None:
         if args.n is None:
             raise UserError("say how many images: --n N (seeds eval.fid.seed + 0..N-1) or --seeds 0-63")
         return list(range(first_seed, first_seed + args.n))
-    seeds = parse_seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)  # at most MAX_IMAGES
     if args.n is not None and args.n != len(seeds):
         raise UserError(f"--n {args.n} but --seeds {args.seeds} gives {len(seeds)} seeds; drop --n "
                         f"or make them agree")
@@ -129,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{flag} {folder} is an existing file, not a folder; pass a folder "
                             f"(it is created when missing)")
+    from ssl_diffusion.app.os_errors import check_writable
+
+    check_writable(out, "the samples", "choose a writable --out folder")  # before sampling
     stage = None
     if args.fid:
         if len(seeds) < 2:

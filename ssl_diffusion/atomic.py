@@ -68,6 +68,8 @@ class AtomicFile:
             self.commit()
         else:
             self.abort()
+            if isinstance(exc, OSError) and exc.filename is None:  # a failed write: name the file
+                exc.filename = str(self.path)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], Any], *, binary: bool = True,

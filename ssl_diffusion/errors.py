@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Iterable
+from types import ModuleType
 
 
 class UserError(Exception):
@@ -23,3 +25,20 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' — did you mean `x`?' suffix, or '' when nothing is close."""
     match = closest(name, choices)
     return f" — did you mean `{match}`?" if match else ""
+
+
+def require(module: str, needed_for: str, pip_name: str | None = None) -> ModuleType:
+    """``import module``, or a one-line ``UserError`` naming the package, its use and the fix.
+
+    For optional dependencies, imported where used: the ``ddae``/``ddaepp`` path and the torch
+    kNN / linear probe need none of lightly (SimCLR, DINO, their view pipelines, the MoCo v3
+    heads of contrastive self-distillation), faiss (the faiss kNN backend), wandb (the wandb
+    logger) or the FID packages, so they run on a fixed stack (an air-gapped GPU node,
+    benchmarks/README.md).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = pip_name or module.split(".")[0]
+        raise UserError(f"{needed_for} needs the package `{package}`, which is not installed "
+                        f"here ({exc}); pip install {package}") from None

@@ -153,6 +153,9 @@ CASES = [
          ("--ckpt", DD, "--n", "2", "--ref", "{assets}/broken.yaml"),
          "is not an .npz archive; pass an ADM reference batch"),
     # ------------------------------------------------------------------ main_retrieval
+    Case("main_retrieval", "--out inside a file (checked before the gallery features)",
+         ("--ckpt", DD, "--query", "0", "--out", "{assets}/broken.yaml/r.png"),
+         "is a file; pass --out PATH in a writable folder"),
     Case("main_retrieval", "query index outside the split", ("--ckpt", DD, "--query", "999"),
          "query index 999 is outside the test split (0..15)"),
     Case("main_retrieval", "k larger than the gallery",

@@ -55,7 +55,8 @@ def test_a_failing_run_does_not_lose_the_others(tmp_path, capsys):
             "--no-raw-pixels", *TINY]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main_compare.main, argv)
-    assert exit_info.value.code == 1  # every run failed
+    assert exit_info.value.code == 2  # a run failed: one line, exit 2 (issue 13), report kept
+    assert "1 of 1 runs failed" in capsys.readouterr().err
     md = (tmp_path / "c" / "comparison.md").read_text()
     assert "Failed runs" in md and "optim.lrr" in md
 

@@ -177,6 +177,111 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tmp_path, monk
     _assert_same_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt")
 
 
+# --------------------------------------------------------------------------- later epochs
+
+LATE_STEPS = 11  # epochs 0, 1 and 3 batches of epoch 2 (4 batches per epoch)
+DIFFUSION_TINY = ("model.arch=dit", "model.preset=DiT-tiny", "model.patch_size=4",
+                  "diffusion.objective=flow", "eval.online_knn=false", "eval.online_linear=false")
+METHOD_OVERRIDES = {"simclr": (), "dino": (), "ddae": DIFFUSION_TINY, "ddaepp": DIFFUSION_TINY}
+
+
+def _digest(obj) -> str:
+    """A hash of every tensor in a (nested) batch or RNG state."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for key, t in sorted(_flat_tensors(obj).items()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class BatchRecorder(pl.Callback):
+    """Records, per optimiser step, the epoch, batch index, a digest of the batch and of the
+    global torch RNG state the step starts from (a replayed step overwrites its entry)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, tuple] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.steps[trainer.global_step] = (trainer.current_epoch, batch_idx, _digest(batch),
+                                           _digest(torch.get_rng_state()))
+
+
+def _invoke(root: Path, method: str, max_steps: int, monkeypatch, recorder: BatchRecorder,
+            stop: pl.Callback | None = None, raises: type[BaseException] | None = None) -> None:
+    cfg = tiny_config(root, f"method={method}", "run.name=r", "trainer.deterministic=true",
+                      "trainer.last_ckpt_every_n_steps=3", "ema.enabled=true",
+                      "optim.schedule=constant", f"trainer.max_steps={max_steps}",
+                      *METHOD_OVERRIDES[method])
+    original = engine.make_trainer
+    extra = [recorder] + ([stop] if stop is not None else [])
+    monkeypatch.setattr(engine, "make_trainer",
+                        lambda c, d, cbs, lg: original(c, d, [*cbs, *extra], lg))
+    try:
+        if raises is None:
+            engine.pretrain(cfg, None)
+        else:
+            with pytest.raises(raises):
+                engine.pretrain(cfg, None)
+    finally:
+        monkeypatch.setattr(engine, "make_trainer", original)
+
+
+def _assert_same_full_state(a: Path, b: Path, steps: int) -> None:
+    ca, cb = load_checkpoint_file(a), load_checkpoint_file(b)
+    assert ca["global_step"] == cb["global_step"] == steps
+    assert ca["epoch"] == cb["epoch"]
+    for entry in ("state_dict", "optimizer_states", "lr_schedulers"):
+        ta, tb = _flat_tensors(ca[entry]), _flat_tensors(cb[entry])
+        assert ta.keys() == tb.keys()
+        differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+        assert not differ, f"{entry}: {len(differ)}/{len(ta)} tensors differ, e.g. {differ[:5]}"
+    assert ca["lr_schedulers"] == cb["lr_schedulers"]
+
+
+@pytest.mark.parametrize("method", ["simclr", "dino", "ddae", "ddaepp"])
+def test_stops_in_later_epochs_resume_bit_exact(tmp_path, monkeypatch, method):
+    """Issue 13: a run stopped three times in epochs 1 and 2 (Ctrl-C at step 5, a crash that
+    falls back to the checkpoint of step 6, Ctrl-C at step 10) ends with the weights, optimiser
+    and scheduler state of an unbroken run, having seen the same batches in the same order with
+    the same RNG state at every step."""
+    unbroken = BatchRecorder()
+    _invoke(tmp_path / "a", method, LATE_STEPS, monkeypatch, unbroken)
+    assert sorted(unbroken.steps) == list(range(LATE_STEPS))
+
+    resumed = BatchRecorder()
+    b = tmp_path / "b"
+    _invoke(b, method, LATE_STEPS, monkeypatch, resumed, SignalBeforeStep(4), RunInterrupted)
+    saved = load_checkpoint_file(b / "r" / "last.ckpt")
+    assert (saved["global_step"], saved["epoch"]) == (5, 1)  # epoch 1: 1 of 4 batches
+    _invoke(b, method, LATE_STEPS, monkeypatch, resumed, CrashBeforeStep(7), SimulatedCrash)
+    saved = load_checkpoint_file(b / "r" / "last.ckpt")
+    assert (saved["global_step"], saved["epoch"]) == (6, 1)  # mid-epoch 1: 2 of 4 batches
+    _invoke(b, method, LATE_STEPS, monkeypatch, resumed, SignalBeforeStep(9), RunInterrupted)
+    saved = load_checkpoint_file(b / "r" / "last.ckpt")
+    assert (saved["global_step"], saved["epoch"]) == (10, 2)  # mid-epoch 2: 2 of 4 batches
+    _invoke(b, method, LATE_STEPS, monkeypatch, resumed)
+
+    assert resumed.steps == unbroken.steps  # same batches, positions and RNG at every step
+    _assert_same_full_state(tmp_path / "a" / "r" / "last.ckpt", b / "r" / "last.ckpt", LATE_STEPS)
+    with open(b / "r" / "metrics.csv", newline="") as f:
+        logged = [int(row["step"]) for row in csv.DictReader(f) if row["train/loss"]]
+    assert logged == list(range(LATE_STEPS))  # every step's row, once, in order
+
+
+def test_extending_a_run_finished_in_a_later_epoch_matches_an_unbroken_run(tmp_path, monkeypatch):
+    """Issue 13's reproduction: max_steps=6 (ends in epoch 1), then max_steps=11 (SimCLR, whose
+    schedule with optim.schedule=constant does not depend on max_steps)."""
+    unbroken, resumed = BatchRecorder(), BatchRecorder()
+    _invoke(tmp_path / "a", "simclr", LATE_STEPS, monkeypatch, unbroken)
+    _invoke(tmp_path / "b", "simclr", 6, monkeypatch, resumed)
+    _invoke(tmp_path / "b", "simclr", LATE_STEPS, monkeypatch, resumed)
+    assert resumed.steps == unbroken.steps
+    _assert_same_full_state(tmp_path / "a" / "r" / "last.ckpt", tmp_path / "b" / "r" / "last.ckpt",
+                            LATE_STEPS)
+
+
 def test_extending_keeps_the_schedules_of_the_first_leg(tmp_path):
     """Cosine lr: the extended run's first steps have the 3-step run's lr, the extra steps the
     schedule's final value (not a stretched 7-step cosine)."""

@@ -1,8 +1,10 @@
 """Shared CLI plumbing: argument parsing helpers and the one-line error contract.
 
 Every CLI's ``main`` runs inside ``run_cli``: a ``UserError`` prints ``error: <message>`` on one
-line and exits 2; Ctrl-C exits 130; any other exception prints one line naming its type and how
-to see the traceback (``SSL_DIFFUSION_DEBUG=1``) and exits 1.
+line and exits 2 (so does an OS failure of a known kind: read-only file system, disk full, file
+size limit, permissions; ``ssl_diffusion.app.os_errors``); Ctrl-C exits 130; any other exception
+prints one line naming its type and how to see the traceback (``SSL_DIFFUSION_DEBUG=1``) and
+exits 1.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from ssl_diffusion.app.os_errors import user_error_for
 from ssl_diffusion.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -66,6 +69,16 @@ def _find_user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _find_os_error(exc: BaseException) -> OSError | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     debug = os.environ.get("SSL_DIFFUSION_DEBUG", "") not in ("", "0")
     try:
@@ -79,6 +92,9 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         if debug:
             raise
         user = _find_user_error(exc)
+        if user is None:  # a read-only file system, a full disk, ulimit -f, ...: one line
+            os_error = _find_os_error(exc)
+            user = user_error_for(os_error) if os_error is not None else None
         # A worker's UserError is re-raised as UserError("Caught UserError in DataLoader worker
         # ... Original Traceback ..."): report the worker's own message, not that header.
         message = _worker_message(user or exc) or (str(user) if user is not None else None)

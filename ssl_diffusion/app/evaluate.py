@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ssl_diffusion.app.loading import LoadedMethod, load_method
+from ssl_diffusion.app.os_errors import check_writable
 from ssl_diffusion.app.pretrain import quiet_lightning
 from ssl_diffusion.app.recipe_edit import write_feature_recipe
 from ssl_diffusion.app.run_dir import read_metrics, store_metrics_entry
@@ -52,6 +53,13 @@ def load(ckpt: Checkpoint, overrides: Sequence[str] = ()) -> LoadedMethod:
         return ckpt
     quiet_lightning()
     return load_method(ckpt, list(overrides))
+
+
+def check_metrics_writable(run_dir: Path) -> None:
+    """metrics.json can be written into ``run_dir`` and the one there is valid JSON."""
+    check_writable(run_dir, "metrics.json",
+                   "copy the checkpoint to a writable folder and evaluate that copy")
+    read_metrics(run_dir)
 
 
 def run_dir_of(loaded: LoadedMethod) -> Path:
@@ -114,8 +122,8 @@ def _sizes(extractor: FeatureExtractor, limit: int | None) -> dict[str, int]:
 
 
 def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_classes: int,
-                    knn_cfg: KNNConfig) -> dict:
-    """kNN with ``train`` as the bank.
+                    knn_cfg: KNNConfig, device: torch.device | str | None = None) -> dict:
+    """kNN with ``train`` as the bank (the torch backend searches on ``device``; None = CPU).
 
     Returns ``<split>_top1`` / ``<split>_top5`` (at ``report_k``) and, per split, the
     evaluator's full output ``<split>: {"knn_top1", "knn_top5", "knn_top1@k<k>", ...}``.
@@ -123,8 +131,9 @@ def knn_on_features(train: FeatureSet, queries: dict[str, FeatureSet], num_class
     evaluator = KNNEvaluator(knn_cfg)
     out: dict[str, Any] = {}
     protocol: dict[str, Any] = {}
+    bank = torch.as_tensor(train.feats).to(device or "cpu")
     for split, fs in queries.items():
-        res = evaluator.evaluate(train.feats, train.labels, fs.feats, fs.labels, num_classes)
+        res = evaluator.evaluate(bank, train.labels, fs.feats, fs.labels, num_classes)
         protocol = res.pop("protocol")
         out.setdefault("predictions", {})[split] = res.pop("predictions")
         out[f"{split}_top1"], out[f"{split}_top5"] = res["knn_top1"], res["knn_top5"]
@@ -178,6 +187,8 @@ def _evaluate(kind: str, ckpt: Checkpoint, overrides: Sequence[str], splits: Seq
     loaded = load(ckpt, overrides)
     splits = _check_splits(splits)
     cfg = loaded.cfg
+    if write_metrics:  # a result that cannot be stored is found before the slow work
+        check_metrics_writable(run_dir_of(loaded))
     ex = _extractor(loaded, progress, batch_size, device, cache)
     # The evaluators' own checks, before the (slow, cached) feature extraction.
     if kind == "linear":
@@ -194,7 +205,7 @@ def _evaluate(kind: str, ckpt: Checkpoint, overrides: Sequence[str], splits: Seq
     evals = {s: ex.extract(s, spec, limit=limit) for s in splits}
     n_cls = loaded.info.num_classes
     if kind == "knn":
-        result = knn_on_features(train, evals, n_cls, cfg.eval.knn)
+        result = knn_on_features(train, evals, n_cls, cfg.eval.knn, ex.device)
         protocol = {"bank": "train", "bank_size": len(train), **result.pop("protocol")}
     else:
         result = linear_on_features(train, evals, n_cls, cfg.eval.linear, ex.device)
@@ -311,6 +322,8 @@ def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequen
         linear_cfg.validate()
     if write_recipe is not None:  # refuse a bad recipe path before the sweep, not after it
         write_feature_recipe(write_recipe, {}, cfg.method, check_only=True)
+    if write_metrics:  # a result that cannot be stored is found before the slow work
+        check_metrics_writable(run_dir_of(loaded))
     ex = _extractor(loaded, progress, batch_size, device, cache)
     use_ema = method.feature_spec().use_ema
     n_cls = loaded.info.num_classes
@@ -321,7 +334,8 @@ def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequen
         for name in layers:
             for m in sw.metrics_of(metric):
                 if m == "knn":
-                    res = knn_on_features(train[name], {"val": val[name]}, n_cls, cfg.eval.knn)
+                    res = knn_on_features(train[name], {"val": val[name]}, n_cls, cfg.eval.knn,
+                                          ex.device)
                 else:
                     res = linear_on_features(train[name], {"val": val[name]}, n_cls, linear_cfg,
                                              ex.device)
@@ -340,7 +354,7 @@ def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequen
         out = {}
         for m in sw.metrics_of(metric):
             if m == "knn":
-                res = knn_on_features(train, {"test": test}, n_cls, cfg.eval.knn)
+                res = knn_on_features(train, {"test": test}, n_cls, cfg.eval.knn, ex.device)
             else:
                 res = linear_on_features(train, {"test": test}, n_cls, linear_cfg, ex.device)
             out[m] = {"test_top1": res["test_top1"], "test_top5": res["test_top5"]}

@@ -61,6 +61,9 @@ _SEED_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
 # ----------------------------------------------------------------------------- seeds
+MAX_IMAGES = 1_000_000  # per call (20x FID-50k): seeds, grids and .npz are held in memory
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0-63"``, ``"0,5,9"`` or ``"0-9,20-29"`` -> seeds in the given order (inclusive ranges).
 
@@ -75,6 +78,9 @@ def parse_seeds(text: str) -> list[int]:
                             f"like 0,5,9, or both: 0-9,20-29 (non-negative, ranges low-high)")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
+        if len(seeds) + hi - lo + 1 > MAX_IMAGES:
+            raise UserError(f"seeds `{text}` ask for more images than one call generates (at "
+                            f"most {MAX_IMAGES:,}); split the job into several seed ranges")
         seeds.extend(range(lo, hi + 1))
     if len(set(seeds)) != len(seeds):
         dup = next(s for i, s in enumerate(seeds) if s in seeds[:i])

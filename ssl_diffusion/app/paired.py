@@ -146,11 +146,11 @@ def markdown(analysis: dict) -> list[str]:
         return []
     base = Path(analysis["baseline"]).stem
     lines = ["## Paired differences (B - A)", "",
-             f"A = `{base}` (baseline); for one seed both arms share base weights, data order and "
+             (f"A = `{base}` (baseline); for one seed both arms share base weights, data order and "
              f"noise. Across seeds: mean of per-seed differences with a 95% Student-t interval. "
              f"Within a seed: McNemar's test on test-set predictions (accuracy difference with "
              f"its 95% interval, p-value) and a paired bootstrap over the generated images (95% "
-             f"percentile interval). A difference is real only when its interval excludes 0.", ""]
+             f"percentile interval). A difference is real only when its interval excludes 0."), ""]
     for recipe, e in analysis["comparisons"].items():
         b = Path(recipe).stem
         lines += [f"### {b} - {base} (seeds {', '.join(map(str, e['seeds']))})", "",

@@ -15,20 +15,32 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from ssl_diffusion.app.callbacks.fid import fid_callbacks
+from ssl_diffusion.app.callbacks.resume_commit import CommitResume
 from ssl_diffusion.app.checkpoint import (
     AtomicCheckpoint,
     check_compatible,
+    check_weights_fit,
     load_checkpoint_file,
 )
-from ssl_diffusion.app.loggers import ResumableCSVLogger, truncate_metrics_csv
-from ssl_diffusion.app.run_dir import pin_schedule, prepare_run_dir, run_name, update_metrics
+from ssl_diffusion.app.file_lock import RunLock
+from ssl_diffusion.app.loggers import ResumableCSVLogger, check_metrics_csv, check_wandb_online
+from ssl_diffusion.app.resources import check_resources
+from ssl_diffusion.app.run_dir import (
+    clean_stale_temporaries,
+    inspect_run_dir,
+    move_aside,
+    pin_schedule,
+    run_directory,
+    update_metrics,
+    write_config,
+)
 from ssl_diffusion.app.signals import GracefulInterrupt, RunInterrupted
 from ssl_diffusion.config import Config
 from ssl_diffusion.data.datasets import Splits, build_splits
 from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.data.module import SSLDataModule
 from ssl_diffusion.data.transforms import eval_transform, train_transform
-from ssl_diffusion.errors import UserError
+from ssl_diffusion.errors import UserError, require
 from ssl_diffusion.methods.base import SSLMethod
 from ssl_diffusion.registry import METHODS
 
@@ -79,10 +91,20 @@ def build_datamodule(cfg: Config, splits: Splits, method_cls: type) -> SSLDataMo
     return SSLDataModule(cfg, splits, train_tf, eval_tf)
 
 
+def wandb_wanted(cfg: Config) -> bool:
+    """Whether the wandb logger is on; then wandb must be installed (it is optional: an
+    air-gapped node has none), else a one-line error before any file is written."""
+    w = cfg.logger.wandb
+    if not (w.enabled and w.mode != "disabled"):
+        return False
+    require("wandb", "logger.wandb.enabled=true (set logger.wandb.enabled=false to skip)")
+    return True
+
+
 def _loggers(cfg: Config, run_dir: Path, name: str, rank_zero: bool = True) -> list:
     loggers = [ResumableCSVLogger(run_dir)]
     w = cfg.logger.wandb
-    if w.enabled and w.mode != "disabled":
+    if wandb_wanted(cfg):
         from pytorch_lightning.loggers import WandbLogger  # wandb is optional (air-gapped nodes)
 
         id_file = run_dir / "wandb_id.txt"
@@ -144,13 +166,18 @@ def check_trainer_config(cfg: Config) -> None:
 
 
 def _resume_step(cfg: Config, method: SSLMethod, run_dir: Path) -> int | None:
-    """Global step of ``run_dir/last.ckpt`` when the run resumes from it (after checking that it
-    is a readable checkpoint of this method and architecture), else None."""
+    """Global step of ``run_dir/last.ckpt`` when the run resumes from it, else None; first
+    checks everything about it that can be checked without changing the run: a regular,
+    readable checkpoint of this method and architecture whose weights fit the model as built."""
     last = run_dir / "last.ckpt"
-    if not (cfg.run.resume and last.exists()):
+    if not (cfg.run.resume and (last.exists() or last.is_symlink())):
         return None
-    ckpt = load_checkpoint_file(last)
+    ckpt = load_checkpoint_file(last)  # a dangling symlink or a FIFO is an error, not "no run"
     check_compatible(ckpt, cfg.method, method.arch_name(), last)
+    check_weights_fit(method, ckpt["state_dict"], last)
+    if not ckpt.get("optimizer_states"):
+        raise UserError(f"checkpoint {last} holds no optimizer state, so the run cannot resume "
+                        f"exactly; restore it, or use run.resume=false to start again")
     return int(ckpt.get("global_step", 0))
 
 
@@ -172,6 +199,9 @@ def _finish_wandb() -> None:
 
 def _pretrain(cfg: Config, recipe: str | Path | None) -> dict[str, Any]:
     quiet_lightning()
+    run_dir = run_directory(cfg, recipe)  # run.name / run.root errors before any work
+    check_resources(cfg)
+    check_wandb_online(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     pin_schedule(cfg, recipe)  # an extended run keeps its schedules (before the method is built)
     splits = build_splits(cfg.data)  # data errors surface before any file is written
@@ -179,28 +209,51 @@ def _pretrain(cfg: Config, recipe: str | Path | None) -> dict[str, Any]:
     method = build_method(cfg, splits.info)
     datamodule = build_datamodule(cfg, splits, method_cls)
     # eval.fid is checked (method can generate, Inception weights found) before any file is written
-    fid_cbs = fid_callbacks(cfg, method, Path(cfg.run.root) / run_name(cfg, recipe), splits)
+    fid_cbs = fid_callbacks(cfg, method, run_dir, splits)
     check_trainer_config(cfg)
+    wandb_wanted(cfg)
     if cfg.trainer.compile:
         method.compile_networks()  # nn.Module.compile: in place, checkpoint keys unchanged
-    run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
-    # The checkpoint to resume is checked before prepare_run_dir rewrites config.yaml, so a bad
-    # last.ckpt leaves the run directory as it was; with run.overwrite=true the old run may be
-    # moved aside first, so it is checked after.
-    resume_step = None if cfg.run.overwrite else _resume_step(cfg, method, run_dir)
     rank_zero = is_launch_rank_zero()
-    if rank_zero:
-        run_dir = prepare_run_dir(cfg, recipe)
-    if cfg.run.overwrite:
-        resume_step = _resume_step(cfg, method, run_dir)
+    # Everything that can be checked is checked before any file of the run is touched: the
+    # directory and its config, metrics.json, the checkpoint to resume (readable, of this
+    # method, weights that fit). Rank 0 holds the run lock from here on, so a second command
+    # on the same run directory stops with the holder's name instead of interleaving writes.
+    lock = RunLock(run_dir)
+    if rank_zero and run_dir.is_dir():
+        lock.acquire()
+    try:
+        state = inspect_run_dir(cfg, run_dir)
+        resume_step = None if state.move_aside else _resume_step(cfg, method, run_dir)
+        if resume_step is not None:
+            check_metrics_csv(run_dir / "metrics.csv")
+        if rank_zero:
+            if state.move_aside:
+                lock.release()
+                move_aside(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not lock.held:
+                lock.acquire()
+            lock.write_holder()
+            clean_stale_temporaries(run_dir)
+            if resume_step is None:  # a new run: its config now; a resumed one once resumed
+                write_config(cfg, run_dir)
+        return _fit_and_evaluate(cfg, recipe, method, datamodule, fid_cbs, run_dir, resume_step,
+                                 rank_zero)
+    finally:
+        lock.release()
+
+
+def _fit_and_evaluate(cfg: Config, recipe: str | Path | None, method: SSLMethod,
+                      datamodule: SSLDataModule, fid_cbs: list, run_dir: Path,
+                      resume_step: int | None, rank_zero: bool) -> dict[str, Any]:
     resume = run_dir / "last.ckpt" if resume_step is not None else None
-    if resume is not None and rank_zero:
-        truncate_metrics_csv(run_dir / "metrics.csv", resume_step)
     ckpt_cb = AtomicCheckpoint(run_dir, cfg.trainer.last_ckpt_every_n_steps,
                                cfg.trainer.ckpt_every_n_steps, datamodule)
     interrupt = GracefulInterrupt(ckpt_cb)
+    commit = [CommitResume(cfg, run_dir, resume_step)] if resume is not None and rank_zero else []
     loggers = _loggers(cfg, run_dir, run_dir.name, rank_zero)
-    trainer = make_trainer(cfg, run_dir, [ckpt_cb, interrupt, *fid_cbs], loggers)
+    trainer = make_trainer(cfg, run_dir, [*commit, ckpt_cb, interrupt, *fid_cbs], loggers)
     start = time.time()
     try:
         trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
@@ -213,25 +266,27 @@ def _pretrain(cfg: Config, recipe: str | Path | None) -> dict[str, Any]:
             f"interrupted at step {trainer.global_step}; checkpoint saved to {ckpt_cb.last_path} — "
             f"run the same command again to resume", interrupt.requested)
     online = {}
-    if cfg.eval.online_knn or cfg.eval.online_linear:
-        trainer.validate(method, datamodule=datamodule, verbose=False)
-        online = dict(method.last_online_metrics)
-    world = trainer.world_size
-    result = {
-        "method": cfg.method,
-        "dataset": cfg.data.name,
-        "recipe": str(recipe) if recipe else None,
-        "steps": int(trainer.global_step),
-        "epochs": int(trainer.current_epoch),
-        "images_seen": int(trainer.global_step) * cfg.data.batch_size * world,
-        # trainable parameters: not the EMA / momentum-teacher copies, not the online probe
-        "params": sum(p.numel() for _, p in method.trainable_named_parameters()),
-        "train_wall_time_s": round(train_time, 2),
-        "online": online,
-        "online_protocol": method.online_protocol(),
-    }
-    if trainer.is_global_zero:
-        update_metrics(run_dir, {"pretrain": result})
+    # A signal from here on stops the evaluation and exits 130/143 (training is complete).
+    with interrupt.final_evaluation(trainer.global_step, ckpt_cb.last_path):
+        if cfg.eval.online_knn or cfg.eval.online_linear:
+            trainer.validate(method, datamodule=datamodule, verbose=False)
+            online = dict(method.last_online_metrics)
+        world = trainer.world_size
+        result = {
+            "method": cfg.method,
+            "dataset": cfg.data.name,
+            "recipe": str(recipe) if recipe else None,
+            "steps": int(trainer.global_step),
+            "epochs": int(trainer.current_epoch),
+            "images_seen": int(trainer.global_step) * cfg.data.batch_size * world,
+            # trainable parameters: not the EMA / momentum-teacher copies, not the online probe
+            "params": sum(p.numel() for _, p in method.trainable_named_parameters()),
+            "train_wall_time_s": round(train_time, 2),
+            "online": online,
+            "online_protocol": method.online_protocol(),
+        }
+        if trainer.is_global_zero:
+            update_metrics(run_dir, {"pretrain": result})
     return {"run_dir": str(run_dir), "global_rank": trainer.global_rank, **result}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ssl_diffusion.app.encoder import sweep_choice
 from ssl_diffusion.app.evaluate import Checkpoint, _extractor, load, run_dir_of
+from ssl_diffusion.app.os_errors import check_writable
 from ssl_diffusion.atomic import atomic_write
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.eval.features import SPLITS, describe_spec, encode, is_rank_zero
@@ -77,6 +78,9 @@ def run_retrieval(ckpt: Checkpoint, query: str | int | Path, overrides: Sequence
                             f"existing image file")
         image, label, source = load_query_image(parsed, info.channels, info.image_size), None, \
             str(parsed)
+    out = Path(out) if out is not None else run_dir_of(loaded) / "retrieval.png"
+    if is_rank_zero():  # before the gallery's (slow) features: the figure can be written
+        check_writable(out.parent, out.name, "pass --out PATH in a writable folder")
     n_gallery = len(ex.dataset(gallery))  # checked before the gallery's features are computed
     if k > n_gallery:
         raise UserError(f"--k {k} is larger than the {gallery} gallery ({n_gallery} images); "
@@ -94,7 +98,6 @@ def run_retrieval(ckpt: Checkpoint, query: str | int | Path, overrides: Sequence
                           "similarity": sim})
         images.append(img)
         titles.append(f"{_class_name(info, lab)}  {sim:.3f}\n{gallery}[{idx}]")
-    out = Path(out) if out is not None else run_dir_of(loaded) / "retrieval.png"
     q_title = f"query {source if len(source) < 24 else Path(source).name}"
     if label is not None:
         q_title += f"\n{_class_name(info, int(label))}"

@@ -2,16 +2,19 @@
 
 The first signal only sets a flag; at the end of the current step the run writes ``last.ckpt``
 (atomically) and stops, and ``pretrain`` raises ``RunInterrupted`` whose message says how to
-resume. A second Ctrl-C exits at once (exit code 130) without touching the checkpoint.
+resume. A second Ctrl-C exits at once (exit code 130) without touching the checkpoint. During
+the final evaluation after training, a signal stops at once with ``RunInterrupted`` (130/143).
 Under DDP the ranks agree at every step end whether any of them was signalled (a signal may
 reach one rank only, or reach them in different steps), so all of them save and stop together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
@@ -64,8 +67,32 @@ class GracefulInterrupt(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.requested = self._agreed_request(trainer, pl_module.device)
         if self.requested is not None and not trainer.should_stop:
-            self.checkpoint.save(trainer)
-            trainer.should_stop = True
+            trainer.should_stop = True  # first: Lightning logs a stopping step's row, and the
+            self.checkpoint.save(trainer)  # checkpoint logs it ahead (see AtomicCheckpoint.save)
+
+    @contextlib.contextmanager
+    def final_evaluation(self, step: int, last_path: Any) -> Iterator[None]:
+        """While training is over and the final evaluation runs: a signal stops it at once and
+        the command exits 130/143 saying that rerunning it finishes the evaluation (nothing of
+        training is lost; ``last.ckpt`` holds the final step)."""
+
+        def stop(signum: int, frame: Any) -> None:
+            raise RunInterrupted(
+                f"{signal.Signals(signum).name} during the final evaluation: training finished "
+                f"(step {step}, {last_path}) but metrics.json was not updated — run the same "
+                f"command again to evaluate", signum)
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, stop)
+            except ValueError:  # not in the main thread: keep the defaults
+                pass
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

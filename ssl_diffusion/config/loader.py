@@ -11,6 +11,7 @@ key is a ``UserError`` naming the key, the file it came from and the closest val
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -113,14 +114,20 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise fail()
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads `3e-4` (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads `3e-4` (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise fail()
+        if number is None:
+            raise fail()
+        if not math.isfinite(number):  # .nan / .inf would surface later under another key
+            raise UserError(f"invalid value {value!r} for `{key}` in {source}: must be a finite "
+                            f"number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -206,16 +213,45 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"recipe file not found: {path} (check the path passed to --config)")
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so a second `trainer:` section would replace the first as a whole)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                first = seen[key]
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key `{key}` (first given on line {first.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML (safe, duplicate keys refused); errors are one line naming ``source``."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"YAML syntax error in {_display(path)}{where}: {problem}") from None
+        kind = "" if "duplicate key" in problem else "YAML syntax error in "
+        prefix = f"{kind}{source}" if kind else f"{source}"
+        raise UserError(f"{prefix}{where}: {problem}") from None
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path} (check the path passed to --config)")
+    try:
+        data = load_yaml_text(path.read_text(), _display(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read recipe {_display(path)}: {exc}") from None
     if data is None:
@@ -240,12 +276,21 @@ def _find_fragment(entry: str, recipe: Path) -> Path:
     )
 
 
-def compose(path: Path, schema: type, _stack: tuple[Path, ...] = ()) -> dict:
-    """Load a recipe/fragment with its `defaults:` chain; every file is validated on its own."""
+def compose(path: Path, schema: type, _stack: tuple[Path, ...] = (),
+            _done: dict[Path, dict] | None = None) -> dict:
+    """Load a recipe/fragment with its `defaults:` chain; every file is validated on its own.
+
+    Each file is read and resolved once per call (``_done``): fragments shared by several
+    branches of the `defaults:` graph cost one expansion, not one per path to them.
+    """
     path = Path(path)
-    if path.resolve() in _stack:
-        chain = " -> ".join(_display(p) for p in (*_stack, path.resolve()))
+    resolved = path.resolve()
+    if resolved in _stack:
+        chain = " -> ".join(_display(p) for p in (*_stack, resolved))
         raise UserError(f"`defaults:` cycle: {chain}")
+    _done = {} if _done is None else _done
+    if resolved in _done:
+        return _done[resolved]
     data = read_yaml(path)
     defaults = data.pop("defaults", [])
     if isinstance(defaults, str):
@@ -255,9 +300,10 @@ def compose(path: Path, schema: type, _stack: tuple[Path, ...] = ()) -> dict:
     merged: dict = {}
     for entry in defaults:
         fragment = _find_fragment(entry, path)
-        merged = deep_merge(merged, compose(fragment, schema, (*_stack, path.resolve())))
+        merged = deep_merge(merged, compose(fragment, schema, (*_stack, resolved), _done))
     body = check_mapping(data, schema, _display(path))
-    return deep_merge(merged, body)
+    _done[resolved] = deep_merge(merged, body)
+    return _done[resolved]
 
 
 def parse_override(text: str, schema: type) -> dict:

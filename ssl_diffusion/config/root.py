@@ -65,15 +65,16 @@ class Config:
     method: str = "simclr"  # method registry name (simclr | dino | ddae | ddaepp | plugins)
     seed: int = 0  # global seed (base weights, data order, noise); arms of one seed are paired
     # host sections (config/sections.py)
-    run: RunConfig = resumable(default_factory=RunConfig)  # run directory and resume
+    # resumable(...) is dataclasses.field(...) with the resume-safe marker (RUF009 cannot see it)
+    run: RunConfig = resumable(default_factory=RunConfig)  # noqa: RUF009  (run dir, resume)
     data: DataConfig = field(default_factory=DataConfig)  # dataset, splits, loader
     aug: AugConfig = field(default_factory=AugConfig)  # SimCLR/DINO view augmentations
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # SimCLR/DINO encoder
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser and lr schedule
     ema: EMAConfig = field(default_factory=EMAConfig)  # weight EMA
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # length, devices, checkpoints
-    eval: EvalConfig = resumable(default_factory=EvalConfig)  # online + offline evaluation
-    logger: LoggerConfig = resumable(default_factory=LoggerConfig)  # wandb (CSV always on)
+    eval: EvalConfig = resumable(default_factory=EvalConfig)  # noqa: RUF009  (online + offline)
+    logger: LoggerConfig = resumable(default_factory=LoggerConfig)  # noqa: RUF009  (wandb)
     # method sections (methods/config.py)
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     dino: DINOConfig = field(default_factory=DINOConfig)

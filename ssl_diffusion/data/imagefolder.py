@@ -57,7 +57,7 @@ class CheckedImageFolder(Dataset):
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise UserError(f"unreadable image {path}: {exc}") from None
         if self.expected_size is None:  # no resize: every image must share the first one's size
             if self.first_size is None:
@@ -76,7 +76,7 @@ class CheckedImageFolder(Dataset):
         try:
             with Image.open(path) as img:
                 return img.size
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise UserError(f"unreadable image {path}: {exc}") from None
 
 

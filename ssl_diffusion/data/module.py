@@ -44,12 +44,18 @@ class ResumableSampler(Sampler):
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.drop_last = batch_size, drop_last
         self.epoch = 0
-        self.skip_batches = 0  # set on resume: batches of this epoch already consumed
+        # Set on resume: batches of epoch `skip_epoch` already consumed. Tied to that epoch (not
+        # to whichever epoch comes first): the trainer calls set_epoch(k) on a fresh sampler
+        # (epoch 0) when it resumes in epoch k, and the skip must survive that call.
+        self.skip_batches = 0
+        self.skip_epoch: int | None = None  # None = the first epoch iterated
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.skip_batches = 0
         self.epoch = epoch
+
+    def resume_at(self, epoch: int | None, batches_done: int) -> None:
+        """Start epoch ``epoch`` (None: the next one iterated) after ``batches_done`` batches."""
+        self.skip_epoch, self.skip_batches = epoch, batches_done
 
     def _order(self) -> np.ndarray:
         if self.shuffle:
@@ -72,8 +78,11 @@ class ResumableSampler(Sampler):
         order = self._order()
         per_rank = self.per_rank()
         shard = order[self.rank :: self.world_size][:per_rank]
-        start = self.skip_batches * self.batch_size
-        self.skip_batches = 0  # only the resumed epoch is shortened
+        start = 0
+        if self.skip_batches and self.skip_epoch in (None, self.epoch):
+            start = self.skip_batches * self.batch_size
+        if self.skip_epoch is None or self.epoch >= self.skip_epoch:
+            self.skip_batches = 0  # only the resumed epoch is shortened
         for pos in range(start, per_rank):
             global_pos = pos * self.world_size + self.rank
             yield int(shard[pos]), sample_seed(self.seed, self.epoch, global_pos)
@@ -152,7 +161,7 @@ class SSLDataModule(pl.LightningDataModule):
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.sampler: ResumableSampler | None = None
-        self._resume_batches = 0
+        self._resume: tuple[int | None, int] = (None, 0)  # (epoch, batches done) on resume
 
     def _loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None,
                 drop_last: bool = False) -> DataLoader:
@@ -181,8 +190,8 @@ class SSLDataModule(pl.LightningDataModule):
         batch = self.cfg.data.batch_size
         drop_last = n // world >= batch  # tiny datasets keep their only partial batch
         self.sampler = ResumableSampler(n, self.cfg.seed, True, rank, world, batch, drop_last)
-        self.sampler.skip_batches = self._resume_batches
-        self._resume_batches = 0
+        self.sampler.resume_at(*self._resume)
+        self._resume = (None, 0)
         return self._loader(ViewDataset(self.splits.train, self.train_transform), True,
                             self.sampler, drop_last)
 
@@ -198,8 +207,9 @@ class SSLDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(ViewDataset(self.splits.test, self.eval_transform), False)
 
-    def resume_from_batch(self, batches_done: int) -> None:
-        """Skip the first ``batches_done`` batches of the current epoch (mid-epoch resume)."""
-        self._resume_batches = batches_done
+    def resume_from_batch(self, batches_done: int, epoch: int | None = None) -> None:
+        """Skip the first ``batches_done`` batches of epoch ``epoch`` (mid-epoch resume; None =
+        the first epoch iterated, for checkpoints that did not record it)."""
+        self._resume = (epoch, batches_done)
         if self.sampler is not None:
-            self.sampler.skip_batches = batches_done
+            self.sampler.resume_at(epoch, batches_done)

@@ -15,7 +15,7 @@ import torch
 from torchvision import transforms as T
 
 from ssl_diffusion.data.info import DataInfo
-from ssl_diffusion.errors import UserError
+from ssl_diffusion.errors import UserError, require
 
 PRESETS = ("simclr", "dino", "diffusion", "eval")
 Normalization = Literal["dataset", "symmetric"]
@@ -83,8 +83,8 @@ def train_transform(preset: str, info: DataInfo, aug: Any, kind: Normalization) 
                             f"eval preset (data.name=latents)")
         return LatentView(aug.hflip_prob if preset == "diffusion" else 0.0)
     if preset == "simclr":
-        from lightly.transforms import SimCLRTransform
-
+        # lightly is optional: only the simclr/dino view pipelines use it
+        SimCLRTransform = require("lightly.transforms", "aug.preset=simclr").SimCLRTransform
         return SimCLRTransform(
             input_size=size,
             cj_prob=aug.cj_prob,
@@ -96,7 +96,7 @@ def train_transform(preset: str, info: DataInfo, aug: Any, kind: Normalization) 
             normalize=norm,
         )
     if preset == "dino":
-        from lightly.transforms import DINOTransform
+        DINOTransform = require("lightly.transforms", "aug.preset=dino").DINOTransform
 
         blur = _blur_prob(aug, size)
         return DINOTransform(

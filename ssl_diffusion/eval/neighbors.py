@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssl_diffusion.errors import UserError, did_you_mean
+from ssl_diffusion.errors import UserError, did_you_mean, require
 from ssl_diffusion.eval.exact_dot import canonical_dot, row_norms
 
 MARGIN = 16  # extra candidates beyond k, so the certificate rarely fails (random data: never seen)
@@ -137,13 +137,9 @@ def resolve_backend(backend: str, index: str) -> str:
 
 
 def _import_faiss():
-    try:
-        import faiss
-    except ImportError as e:
-        raise UserError(
-            "the faiss backend needs faiss: pip install faiss-cpu (or knn.backend=torch)"
-        ) from e
-    return faiss
+    # faiss is optional: knn.backend=torch (the default for flat search) needs only torch
+    return require("faiss", "knn.backend=faiss (or knn.index=ivf; knn.backend=torch needs only "
+                            "torch)", "faiss-cpu")
 
 
 def _torch_candidates(

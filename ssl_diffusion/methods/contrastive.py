@@ -10,13 +10,21 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
+
+from ssl_diffusion.errors import require
+
+NEEDED_FOR = "contrastive self-distillation (contrastive.weight > 0)"
+
+
+def _projection_head(blocks: list) -> nn.Module:
+    # lightly is optional: ddaepp without contrastive self-distillation runs without it
+    return require("lightly.models.modules.heads", NEEDED_FOR).ProjectionHead(blocks)
 
 
 def moco_v3_projector(in_dim: int, hidden: int, out: int) -> nn.Module:
     """3-layer MLP, BN + ReLU between, BN without affine at the end (MoCo v3)."""
-    return ProjectionHead([
+    return _projection_head([
         (in_dim, hidden, nn.BatchNorm1d(hidden), nn.ReLU()),
         (hidden, hidden, nn.BatchNorm1d(hidden), nn.ReLU()),
         (hidden, out, nn.BatchNorm1d(out, affine=False), None),
@@ -25,7 +33,7 @@ def moco_v3_projector(in_dim: int, hidden: int, out: int) -> nn.Module:
 
 def moco_v3_predictor(dim: int, hidden: int) -> nn.Module:
     """2-layer MLP predictor (MoCo v3)."""
-    return ProjectionHead([
+    return _projection_head([
         (dim, hidden, nn.BatchNorm1d(hidden), nn.ReLU()),
         (hidden, dim, None, None),
     ])

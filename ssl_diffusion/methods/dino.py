@@ -10,13 +10,14 @@ local crops sized from the data). Features: the momentum teacher's backbone.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from lightly.loss import DINOLoss
-from lightly.models.modules import DINOProjectionHead
-from torch import Tensor
+from torch import Tensor, nn
 
 from ssl_diffusion.config import Config
 from ssl_diffusion.data.info import DataInfo
+from ssl_diffusion.errors import require
 from ssl_diffusion.methods.backbones import build_backbone
 from ssl_diffusion.methods.base import SSLMethod
 from ssl_diffusion.methods.config import DINOConfig
@@ -24,9 +25,15 @@ from ssl_diffusion.methods.ema import clone_frozen
 from ssl_diffusion.registry import METHODS
 
 
-def _head(cfg: DINOConfig, input_dim: int) -> DINOProjectionHead:
-    return DINOProjectionHead(input_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim,
-                              norm_last_layer=cfg.norm_last_layer)
+def _lightly(module: str) -> Any:
+    # lightly is optional: registering this method must not need it (ddae runs without it)
+    return require(f"lightly.{module}", "method dino")
+
+
+def _head(cfg: DINOConfig, input_dim: int) -> nn.Module:
+    head = _lightly("models.modules").DINOProjectionHead
+    return head(input_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim,
+                norm_last_layer=cfg.norm_last_layer)
 
 
 @METHODS.register("dino")
@@ -47,7 +54,7 @@ class DINO(SSLMethod):
         self.teacher_head.load_state_dict(self.head.state_dict())
         for p in self.teacher_head.parameters():
             p.requires_grad_(False)
-        self.criterion = DINOLoss(
+        self.criterion = _lightly("loss").DINOLoss(
             output_dim=d.output_dim,
             warmup_teacher_temp=d.warmup_teacher_temp,
             teacher_temp=d.teacher_temp,

@@ -9,12 +9,11 @@ backbone's when ``ema.enabled``).
 from __future__ import annotations
 
 import torch
-from lightly.loss import NTXentLoss
-from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
 
 from ssl_diffusion.config import Config
 from ssl_diffusion.data.info import DataInfo
+from ssl_diffusion.errors import require
 from ssl_diffusion.methods.backbones import build_backbone
 from ssl_diffusion.methods.base import SSLMethod
 from ssl_diffusion.registry import METHODS
@@ -28,11 +27,14 @@ class SimCLR(SSLMethod):
     def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__(cfg, info)
         s = cfg.simclr
+        # lightly is optional: registering this method must not need it (ddae runs without it)
+        heads = require("lightly.models.modules", "method simclr")
+        losses = require("lightly.loss", "method simclr")
         self.backbone = build_backbone(cfg.backbone, info)
         self.feature_dim = self.backbone.feature_dim
-        self.projection = SimCLRProjectionHead(self.feature_dim, s.proj_hidden_dim, s.proj_output_dim)
+        self.projection = heads.SimCLRProjectionHead(self.feature_dim, s.proj_hidden_dim, s.proj_output_dim)
         # gather_distributed: negatives come from every device (global batch), as in the paper.
-        self.criterion = NTXentLoss(temperature=s.temperature, gather_distributed=True)
+        self.criterion = losses.NTXentLoss(temperature=s.temperature, gather_distributed=True)
         self.setup_shared()
 
     def ema_source(self) -> torch.nn.Module:

@@ -44,13 +44,28 @@ def test_skip_batches_yields_exactly_the_tail_once():
     s = ResumableSampler(N, seed=0, batch_size=BATCH)
     s.set_epoch(2)
     full = _pairs(s)
-    s.skip_batches = 3
+    s.resume_at(2, 3)
     assert len(s) == N  # Lightning counts the epoch in full and resumes its counter at batch 3
     assert _pairs(s) == full[3 * BATCH :]
     assert _pairs(s) == full  # only the resumed epoch is shortened
-    s.skip_batches = 2
+    s.resume_at(2, 2)
     s.set_epoch(3)  # a new epoch starts from its beginning
     assert len(_pairs(s)) == N
+
+
+def test_resume_in_a_later_epoch_survives_set_epoch():
+    """The trainer builds a fresh sampler (epoch 0) and then calls set_epoch(k) when it resumes
+    in epoch k: the skip belongs to epoch k and must not be dropped by that call (issue 13)."""
+    reference = ResumableSampler(N, seed=0, batch_size=BATCH)
+    reference.set_epoch(3)
+    full = _pairs(reference)
+    fresh = ResumableSampler(N, seed=0, batch_size=BATCH)
+    fresh.resume_at(3, 2)
+    fresh.set_epoch(3)
+    assert _pairs(fresh) == full[2 * BATCH :]
+    fresh.set_epoch(4)
+    reference.set_epoch(4)
+    assert _pairs(fresh) == _pairs(reference)
 
 
 def test_drop_last_keeps_whole_batches():
