@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
+        from ssl_diffusion.app.cost import dry_run_estimate
+
         print(dump_config(cfg), end="")
+        print(dry_run_estimate(cfg))  # a YAML comment line: the output still parses
         return 0
     from ssl_diffusion.app.pretrain import pretrain
 

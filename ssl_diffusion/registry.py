@@ -111,3 +111,4 @@ BACKBONES.add_builtin("ssl_diffusion.methods.backbones", "resnet18", "resnet50",
                       "vit_small", "vit_micro")
 DATASETS.add_builtin("ssl_diffusion.data.datasets", "fashion_mnist", "mnist", "cifar10",
                      "cifar100", "stl10", "digits", "fake", "imagefolder")
+DATASETS.add_builtin("ssl_diffusion.data.latents", "latents")

@@ -145,6 +145,13 @@ CASES = [
          "--device `tpu` is not a torch device", subprocess=True),
     Case("main_sample", "zero sampler steps", ("--ckpt", DD, "--n", "2", "--steps", "0"),
          "sampler.steps=0 is invalid; it must be >= 1"),
+    # ------------------------------------------------------------------ latent path
+    Case("main_extract_latents", "missing VAE folder",
+         ("--images", "{assets}", "--out", "{runs}/latents", "--vae", "{runs}/no_vae"),
+         "is not a folder; point it at a diffusers AutoencoderKL folder"),
+    Case("main_sample_latent", "reference batch that is not an .npz",
+         ("--ckpt", DD, "--n", "2", "--ref", "{assets}/broken.yaml"),
+         "is not an .npz archive; pass an ADM reference batch"),
     # ------------------------------------------------------------------ main_retrieval
     Case("main_retrieval", "--out inside a file (checked before the gallery features)",
          ("--ckpt", DD, "--query", "0", "--out", "{assets}/broken.yaml/r.png"),

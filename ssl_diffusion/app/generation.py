@@ -351,7 +351,8 @@ def generation_protocol(method: SSLMethod, seeds: Sequence[int], sampler_cfg: Sa
     return {
         "n": len(seeds), "seeds": format_seeds(list(seeds)), "sampler": sampler_cfg.sampler,
         "steps": sampler_cfg.steps, "nfe": sampler_nfe(sampler_cfg), "eta": sampler_cfg.eta,
-        "cfg": sampler_cfg.cfg, "shift": sampler_cfg.shift, "clip_x0": sampler_cfg.clip_x0,
+        "cfg": sampler_cfg.cfg, "cfg_max_sigma": sampler_cfg.cfg_max_sigma,
+        "shift": sampler_cfg.shift, "clip_x0": sampler_cfg.clip_x0,
         "weights": weights, "class_labels": labels, "objective": method.cfg.diffusion.objective,
     }
 

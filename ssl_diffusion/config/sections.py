@@ -192,10 +192,15 @@ class FeatureConfig:
     noise_unit: Literal["sigma", "logsnr"] = "sigma"  # sigma = VE-equivalent; logSNR = -2 ln sigma
     use_ema: bool = True  # EMA weights for features (raw weights with false)
     seed: int = 0  # per-sample feature noise is seeded by (seed, image content)
+    # on-disk feature cache of the offline evaluators: one float32 .npy per split, or float16
+    # shards (eval/feature_shards.py; half the disk, for ImageNet-scale linear probing)
+    cache: Literal["npy", "fp16_shards"] = "npy"
+    shard_rows: int = 100_000  # rows per float16 shard
 
     def validate(self) -> None:
         require(0 <= self.seed < 2**32, "eval.features.seed", self.seed,
                 "must be a seed in [0, 2**32 - 1]")
+        require(self.shard_rows >= 1, "eval.features.shard_rows", self.shard_rows, "must be >= 1")
 
 
 @dataclass

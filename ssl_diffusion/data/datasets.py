@@ -3,7 +3,8 @@ plus a ``DataInfo``; ``build_splits`` then carves a fixed validation split out o
 
 Registered: digits (sklearn, bundled: the no-download default), fashion_mnist, mnist, cifar10,
 cifar100, stl10 (torchvision classes, ``data.root``, ``data.download`` default false),
-imagefolder (``data.root``/train and ``data.root``/val folders), fake (torchvision FakeData).
+imagefolder (``data.root``/train and ``data.root``/val folders), fake (torchvision FakeData);
+latents (pre-extracted VAE latents, ``latents.py``).
 """
 
 from __future__ import annotations

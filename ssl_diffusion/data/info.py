@@ -16,3 +16,6 @@ class DataInfo:
     mean: list[float]  # per-channel, in [0, 1] units (dataset normalisation)
     std: list[float]
     class_names: list[str] = field(default_factory=list)
+    kind: str = "image"  # "image" (PIL items) | "latent" (pre-extracted VAE latents, latents.py)
+    latent: dict | None = None  # latent datasets: VAE path, pixel size, flip (LatentInfo); mean
+    # and std above are then the per-channel latent statistics, used to decode generated latents

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+import torch
 from torchvision import transforms as T
 
 from ssl_diffusion.data.info import DataInfo
@@ -26,7 +27,24 @@ def normalization(info: DataInfo, kind: Normalization) -> dict[str, list[float]]
     return {"mean": list(info.mean), "std": list(info.std)}
 
 
+class LatentView:
+    """Latent items (V, C, h, w): view 0, or the stored flip copy (view 1) with probability p.
+
+    Latents are normalised by the dataset; flipping a latent tensor is not flipping the image,
+    which is why the extraction stores the flipped image's own latent."""
+
+    def __init__(self, flip_prob: float = 0.0, as_list: bool = True) -> None:
+        self.flip_prob, self.as_list = flip_prob, as_list
+
+    def __call__(self, z: Any) -> Any:
+        use_flip = z.shape[0] > 1 and self.flip_prob > 0 and float(torch.rand(())) < self.flip_prob
+        view = z[1 if use_flip else 0]  # (C, h, w)
+        return [view] if self.as_list else view
+
+
 def eval_transform(info: DataInfo, kind: Normalization) -> Callable:
+    if info.kind == "latent":
+        return LatentView(0.0, as_list=False)
     norm = normalization(info, kind)
     return T.Compose([T.ToTensor(), T.Normalize(norm["mean"], norm["std"])])
 
@@ -59,6 +77,11 @@ def train_transform(preset: str, info: DataInfo, aug: Any, kind: Normalization) 
     """A callable mapping one PIL image to a list of view tensors."""
     size = info.image_size
     norm = normalization(info, kind)
+    if info.kind == "latent":
+        if preset not in ("diffusion", "eval"):
+            raise UserError(f"aug.preset={preset} needs images; latents take the diffusion or "
+                            f"eval preset (data.name=latents)")
+        return LatentView(aug.hflip_prob if preset == "diffusion" else 0.0)
     if preset == "simclr":
         # lightly is optional: only the simclr/dino view pipelines use it
         SimCLRTransform = require("lightly.transforms", "aug.preset=simclr").SimCLRTransform

@@ -62,6 +62,12 @@ class SamplerConfig:
     # shift multiplies every sampling sigma; for flow it is the SD3 timestep shift
     # t' = s t / (1 + (s - 1) t) [inferred]
     shift: float = 1.0  # sampling-grid shift s; 1 = none
+    # LightningDiT's timestep_shift s_L (data-time convention) is shift = 1 / s_L here: its 0.3
+    # is shift=3.333 (more steps at high noise) [EXT-CODE, hustvl/LightningDiT]
+    # Guidance interval (Kynkaanniemi et al. 2024): guidance only where sigma <= cfg_max_sigma,
+    # the conditional prediction alone above it; null = guidance at every step. LightningDiT's
+    # cfg_interval_start=0.11 (data time) = flow t 0.89 = sigma 0.89/0.11 = 8.09 [EXT-CODE]
+    cfg_max_sigma: float | None = None  # VE sigma above which guidance is off
 
 
 @dataclass

@@ -31,7 +31,8 @@ LabelledDenoise = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 def classifier_free_guidance(
-    denoise: LabelledDenoise, class_labels: Tensor, null_labels: Tensor | int, scale: float
+    denoise: LabelledDenoise, class_labels: Tensor, null_labels: Tensor | int, scale: float,
+    max_sigma: float | None = None,
 ) -> Denoise:
     """CFG (Ho & Salimans 2022) as a ``denoise(x, sigma)`` closure: uncond + s (cond - uncond).
 
@@ -39,6 +40,8 @@ def classifier_free_guidance(
     otherwise both branches go through the network as one batch of 2N. Mixing x0 estimates is
     the same as mixing eps / v predictions, since x0 is affine in them at fixed (x, sigma).
     The (1 + w) cond - w uncond form used by some code bases is ``scale = 1 + w``.
+    ``max_sigma`` (guidance interval): samples at sigma > max_sigma get the conditional x0
+    alone; a step where all samples are above it makes one network call of N, not 2N.
     """
     if scale == 1.0:
         return lambda x, sigma: denoise(x, sigma, class_labels)
@@ -46,11 +49,17 @@ def classifier_free_guidance(
         null_labels = torch.full_like(class_labels, int(null_labels))
 
     def guided(x: Tensor, sigma: Tensor) -> Tensor:
+        off = None if max_sigma is None else (sigma > max_sigma)  # (N,) outside the interval
+        if off is not None and bool(off.all()):
+            return denoise(x, sigma, class_labels)
         x0 = denoise(
             torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([class_labels, null_labels])
         )
         cond, uncond = x0.chunk(2)  # (N, C, H, W) each
-        return uncond + scale * (cond - uncond)
+        out = uncond + scale * (cond - uncond)
+        if off is not None:
+            out = torch.where(off.view(-1, *[1] * (out.dim() - 1)), cond, out)
+        return out
 
     return guided
 
@@ -79,6 +88,9 @@ def check_sampler_config(cfg: SamplerConfig) -> None:
         raise UserError(f"sampler.cfg={cfg.cfg} is invalid; it must be >= 0 (1 = no guidance)")
     if cfg.shift <= 0:
         raise UserError(f"sampler.shift={cfg.shift} is invalid; it must be > 0 (1 = no shift)")
+    if cfg.cfg_max_sigma is not None and cfg.cfg_max_sigma <= 0:
+        raise UserError(f"sampler.cfg_max_sigma={cfg.cfg_max_sigma} is invalid; it must be > 0 "
+                        f"(or null: guidance at every step)")
 
 
 def sample(
@@ -125,7 +137,8 @@ def sample(
         denoise: Denoise = partial(labelled, labels=None)
     else:
         null = 0 if null_label is None else null_label  # unused when cfg == 1
-        denoise = classifier_free_guidance(labelled, class_labels, null, sampler_cfg.cfg)
+        denoise = classifier_free_guidance(labelled, class_labels, null, sampler_cfg.cfg,
+                                           sampler_cfg.cfg_max_sigma)
     if sampler_cfg.clip_x0:
         denoise = _clipped(denoise)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,8 @@ from ssl_diffusion.data.module import ViewDataset, first_n
 from ssl_diffusion.data.transforms import eval_transform, normalization
 from ssl_diffusion.diffusion.noise import from_sigma
 from ssl_diffusion.errors import UserError, did_you_mean
+from ssl_diffusion.eval.feature_set import FeatureSet, is_rank_zero
+from ssl_diffusion.eval.feature_shards import ShardedFeatureCache
 from ssl_diffusion.eval.spec import FeatureSpec
 
 if TYPE_CHECKING:  # annotations only: eval sits below methods
@@ -86,19 +87,6 @@ def encode(method: SSLMethod, spec: FeatureSpec, x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- results and cache
 
 
-@dataclass
-class FeatureSet:
-    """Features of one split."""
-
-    feats: np.ndarray  # (N, D) float32
-    labels: np.ndarray  # (N,) int64
-    meta: dict[str, Any] = field(default_factory=dict)  # split, spec, checkpoint, cache key
-    from_cache: bool = False  # loaded from disk instead of computed
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
 def checkpoint_sha1(path: str | Path) -> str:
     """sha1 of a checkpoint file, memoised by (resolved path, size, mtime)."""
     path = Path(path).resolve()
@@ -111,12 +99,6 @@ def checkpoint_sha1(path: str | Path) -> str:
                 h.update(block)
         _HASHES[key] = h.hexdigest()
     return _HASHES[key]
-
-
-def is_rank_zero() -> bool:
-    """False on the non-zero ranks of an initialised ``torch.distributed`` group."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 atomic_save = atomic_write  # former name, kept for importers
@@ -185,11 +167,12 @@ class FeatureExtractor:
                  progress: bool = True) -> None:
         self.loaded = loaded
         self.method, self.cfg, self.info = loaded.method, loaded.cfg, loaded.info
-        if cache_dir is False:
-            self.cache = None
-        else:
-            self.cache = FeatureCache(Path(cache_dir) if cache_dir else
-                                      Path(loaded.path).parent / "features")
+        folder = Path(cache_dir) if cache_dir else Path(loaded.path).parent / "features"
+        self.cache: Any = None
+        if cache_dir is not False and self.cfg.eval.features.cache == "fp16_shards":
+            self.cache = ShardedFeatureCache(folder, self.cfg.eval.features.shard_rows)
+        elif cache_dir is not False:
+            self.cache = FeatureCache(folder)
         self.batch_size = batch_size or self.cfg.data.batch_size
         if self.batch_size < 1:
             raise UserError(f"batch size {self.batch_size} must be >= 1")

@@ -102,6 +102,14 @@ class DDAE(SSLMethod):
         if not 0 <= c.ddae.label_dropout < 1:
             raise UserError(f"ddae.label_dropout must be in [0, 1), got {c.ddae.label_dropout}")
         self.feature_spec()  # raises for a noise level outside the schedule
+        if getattr(self.info, "kind", "image") == "latent":
+            if c.sampler.clip_x0:
+                raise UserError("sampler.clip_x0=true clips to the pixel range [-1, 1], which "
+                                "latents do not have; set sampler.clip_x0=false (data.name=latents)")
+            if c.eval.fid.enabled:
+                raise UserError("eval.fid.enabled=true during training needs pixels; for latents "
+                                "run main_sample_latent.py on the checkpoint (VAE decode + ADM "
+                                "reference batch) and set eval.fid.enabled=false")
 
     def arch_name(self) -> str:
         m = self.cfg.model
@@ -307,6 +315,8 @@ class DDAE(SSLMethod):
         images = sample(self.objective, net, noise, sampler_cfg, class_labels=class_labels,
                         generators=generators, null_label=self.info.num_classes, progress=progress)
         net.train(was_training)
+        if getattr(self.info, "kind", "image") == "latent":
+            return images.float()  # normalised latents: decoded by the latent generation stage
         return images.float().clamp(-1, 1)
 
 

@@ -8,7 +8,7 @@ model (e.g. the source layer name) are checked by ``build_denoiser``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssl_diffusion.errors import UserError, did_you_mean
@@ -17,9 +17,24 @@ from ssl_diffusion.models.presets import ARCH_FIELDS, PRESETS
 # fmt: off
 _OVERRIDES = (
     "depth", "width", "heads", "patch_size", "dropout", "mlp_ratio",
-    "channel_mult", "attn_resolutions", "resample",
+    "channel_mult", "attn_resolutions", "resample", "norm", "ffn", "rope", "qk_norm",
 )
 # fmt: on
+
+
+# The SD VAE that DiT uses (f8, 4 channels: 256 px -> 32x32x4); LightningDiT's VA-VAE f16d32
+# (16x16x32) loads the same way where its folder is in diffusers' AutoencoderKL format [spec §7.2].
+DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
+
+
+@dataclass
+class VAEConfig:
+    """The latent autoencoder of the latent path (``models/vae.py``; optional extra [latent])."""
+
+    path: str = DEFAULT_VAE  # diffusers AutoencoderKL: a hub id (cached) or a local folder
+    subfolder: str | None = None  # inside `path`, e.g. "vae" for a full pipeline folder
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # VAE compute dtype (GPU: fp16 ok)
+    local_files_only: bool = True  # never download at run time; set false once to fetch a hub id
 
 
 @dataclass
@@ -39,6 +54,13 @@ class ModelConfig:
     channel_mult: list[int] | None = None  # UNet: channel multiplier per resolution level
     attn_resolutions: list[int] | None = None  # UNet: feature-map sizes (px) with self-attention
     resample: Literal["conv", "res"] | None = None  # UNet: conv (DDPM) | BigGAN ResBlock (DDPM++)
+    # DiT block options of LightningDiT (models/lightning_blocks.py; None = the preset's value,
+    # plain DiT: layernorm / gelu / no rope / no qk-norm):
+    norm: Literal["layernorm", "rmsnorm"] | None = None  # pre-adaLN norm of every block
+    ffn: Literal["gelu", "swiglu"] | None = None  # feed-forward: GELU MLP | SwiGLU (2/3 width)
+    rope: bool | None = None  # 2-D rotary position embedding on queries/keys
+    qk_norm: bool | None = None  # RMS-normalise queries and keys per head
+    vae: VAEConfig = field(default_factory=VAEConfig)  # latent path only (data.name=latents)
 
     def validate(self) -> None:
         """Raise a one-line UserError for unknown presets or overrides the arch does not use."""

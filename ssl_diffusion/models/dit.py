@@ -27,6 +27,7 @@ from ssl_diffusion.models.layers import (
     timestep_embedding,
     unpatchify,
 )
+from ssl_diffusion.models.lightning_blocks import FFNS, NORMS, RopeAttention, SwiGLU, make_norm
 from ssl_diffusion.models.presets import DIT_PRESETS
 from ssl_diffusion.models.selfcond import SelfConditioning
 
@@ -53,12 +54,17 @@ class TimestepEmbedder(nn.Module):
 class DiTBlock(nn.Module):
     """Pre-LN transformer block whose LayerNorm affine and residual gates come from c."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 norm: str = "layernorm", ffn: str = "gelu", rope: bool = False,
+                 qk_norm: bool = False, grid: int = 0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), approx_gelu=True, dropout=dropout)
+        # LightningDiT options (lightning_blocks.py): RMSNorm, SwiGLU, 2-D RoPE, qk-norm.
+        self.norm1 = make_norm(norm, dim)
+        self.attn = (RopeAttention(dim, heads, grid, rope, qk_norm) if rope or qk_norm
+                     else Attention(dim, heads, qkv_bias=True))
+        self.norm2 = make_norm(norm, dim)
+        self.mlp = (SwiGLU(dim, mlp_ratio, dropout) if ffn == "swiglu"
+                    else Mlp(dim, int(dim * mlp_ratio), approx_gelu=True, dropout=dropout))
         self.adaLN = nn.Linear(dim, 6 * dim)  # zero-init: every block starts as the identity
 
     def forward(self, x: Tensor, c_act: Tensor) -> Tensor:
@@ -72,9 +78,9 @@ class DiTBlock(nn.Module):
 class FinalLayer(nn.Module):
     """adaLN-modulated LayerNorm + Linear to p*p*C values per token (zero-init output)."""
 
-    def __init__(self, dim: int, patch_size: int, out_channels: int):
+    def __init__(self, dim: int, patch_size: int, out_channels: int, norm: str = "layernorm"):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = make_norm(norm, dim)
         self.adaLN = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
 
@@ -100,8 +106,18 @@ class DiT(Denoiser):
         num_classes: int = 0,
         aug_dim: int = 0,
         selfcond: SelfCondConfig | None = None,
+        norm: str = "layernorm",
+        ffn: str = "gelu",
+        rope: bool = False,
+        qk_norm: bool = False,
     ):
         super().__init__()
+        if norm not in NORMS or ffn not in FFNS:
+            raise UserError(f"model.norm={norm} / model.ffn={ffn} invalid; valid norms: "
+                            f"{', '.join(NORMS)}; ffns: {', '.join(FFNS)}")
+        if rope and (width // max(heads, 1)) % 4:
+            raise UserError(f"model.rope=true needs a head dim (width/heads = {width}/{heads}) "
+                            f"divisible by 4; change model.width or model.heads")
         if image_size % patch_size:
             raise UserError(
                 f"image size {image_size} is not divisible by the DiT patch size {patch_size}; "
@@ -121,9 +137,10 @@ class DiT(Denoiser):
         self.t_embed = TimestepEmbedder(width)
         self.y_embed = LabelEmbedding(num_classes, width)
         self.blocks = nn.ModuleList(
-            DiTBlock(width, heads, mlp_ratio, dropout) for _ in range(depth)
+            DiTBlock(width, heads, mlp_ratio, dropout, norm, ffn, rope, qk_norm, self.grid)
+            for _ in range(depth)
         )
-        self.final = FinalLayer(width, patch_size, in_channels)
+        self.final = FinalLayer(width, patch_size, in_channels, norm)
 
         self.layer_names = [f"block{i}" for i in range(depth)]
         self.feature_dims = {name: width for name in self.layer_names}

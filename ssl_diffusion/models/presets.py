@@ -37,6 +37,23 @@ DIT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _ldit(depth: int, width: int, heads: int, patch_size: int) -> dict[str, Any]:
+    # LightningDiT block options (lightning_blocks.py); qk-norm off as in its default config.
+    return {**_dit(depth, width, heads, patch_size), "norm": "rmsnorm", "ffn": "swiglu",
+            "rope": True, "qk_norm": False}
+
+
+# LightningDiT-style presets for latent inputs (DDAE++ spec §7.2): B/L, patch 1 (VA-VAE f16d32:
+# 16x16x32 latents at 256 px) or patch 2 (SD-VAE f8: 32x32x4 latents at 256 px -> 256 tokens).
+DIT_PRESETS.update({
+    "LightningDiT-tiny": _ldit(4, 64, 2, 2),  # tests / CPU smoke runs (head dim 32)
+    "LightningDiT-B/1": _ldit(12, 768, 12, 1),
+    "LightningDiT-B/2": _ldit(12, 768, 12, 2),
+    "LightningDiT-L/1": _ldit(24, 1024, 16, 1),
+    "LightningDiT-L/2": _ldit(24, 1024, 16, 2),
+})
+
+
 def _unet(width: int, mult: list[int], depth: int, attn: list[int], dropout: float, resample: str):
     return {
         "width": width,  # base channels
@@ -71,7 +88,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 # Which ModelConfig override fields each architecture understands.
 ARCH_FIELDS: dict[str, tuple[str, ...]] = {
-    "dit": ("depth", "width", "heads", "patch_size", "dropout", "mlp_ratio"),
+    "dit": ("depth", "width", "heads", "patch_size", "dropout", "mlp_ratio", "norm", "ffn", "rope",
+            "qk_norm"),
     "unet": ("depth", "width", "heads", "dropout", "channel_mult", "attn_resolutions", "resample"),
     "uvit": ("depth", "width", "heads", "patch_size", "dropout", "mlp_ratio"),
 }
