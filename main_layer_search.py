@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=500, help="training steps per candidate")
     parser.add_argument("--tail", type=float, default=0.25, help="fraction of final steps averaged")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without self-conditioning")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
+                        help="seeds; every candidate and the baseline run at each (paired)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
     from ssl_diffusion.app.layer_search import run_layer_search
@@ -42,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     probe = build_method(cfg, build_splits(cfg.data).info)  # validates names before any run
     for name in layers:
         probe.net.check_layer(name)
-    summary = run_layer_search(cfg, args.config, layers, args.steps, args.tail, not args.no_baseline)
+    if any(not 0 <= s < 2**32 for s in args.seeds):
+        raise UserError(f"--seeds {args.seeds} must lie in [0, 2**32 - 1]")
+    summary = run_layer_search(cfg, args.config, layers, args.steps, args.tail,
+                               not args.no_baseline, args.seeds)
     print(f"chosen: selfcond.source_layer={summary['chosen']}")
     return 0
 

@@ -188,7 +188,17 @@ def _python_state_from_tensor(d: dict[str, Any]) -> tuple:
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with one-line errors for every way a file can be bad."""
+    """A checkpoint of this project: ``read_checkpoint_file`` plus its metadata, checked."""
+    ckpt = read_checkpoint_file(path)
+    if META_KEY not in ckpt:
+        raise UserError(f"{path} was not written by ssl_diffusion (no `{META_KEY}` metadata)")
+    _check_contents(ckpt, Path(path))
+    return ckpt
+
+
+def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of any Lightning checkpoint (a dict with a
+    ``state_dict``), with one-line errors for every way a file can be bad."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise UserError(f"checkpoint {path} is a dangling symlink (its target "
@@ -229,9 +239,6 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
                         f"restore it or use an earlier step-N.ckpt") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a ssl_diffusion/Lightning checkpoint (no state_dict)")
-    if META_KEY not in ckpt:
-        raise UserError(f"{path} was not written by ssl_diffusion (no `{META_KEY}` metadata)")
-    _check_contents(ckpt, path)
     return ckpt
 
 

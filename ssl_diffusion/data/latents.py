@@ -31,6 +31,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ssl_diffusion.atomic import atomic_write
+from ssl_diffusion.config.sections import DataConfig
+from ssl_diffusion.data.info import DataInfo
 from ssl_diffusion.errors import UserError
 from ssl_diffusion.registry import DATASETS
 
@@ -78,8 +81,6 @@ class LatentManifest:
         return 2 if self.flip else 1
 
     def save(self, directory: Path) -> None:
-        from ssl_diffusion.atomic import atomic_write
-
         text = json.dumps(asdict(self), indent=1)
         atomic_write(directory / MANIFEST, lambda f: f.write(text), binary=False)
 
@@ -199,10 +200,8 @@ class LatentInfo:
 
 
 @DATASETS.register("latents")
-def latents(cfg: Any):
+def latents(cfg: DataConfig):
     """``data.root``/train and ``data.root``/val extracted by ``main_extract_latents.py``."""
-    from ssl_diffusion.data.info import DataInfo
-
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise UserError(f"data.root={cfg.root} does not exist; point it at the --out folder of "

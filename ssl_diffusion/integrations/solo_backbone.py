@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_diffusion.app.checkpoint import load_checkpoint_file
+from ssl_diffusion.app.checkpoint import read_checkpoint_file
 from ssl_diffusion.config import Config, config_from_dict, set_dotted
 from ssl_diffusion.data.datasets import DataInfo
 from ssl_diffusion.errors import UserError
@@ -88,7 +88,7 @@ def backbone_spec(name: str, kwargs: dict[str, Any]) -> BackboneSpec:
 
 
 def spec_from_checkpoint(path: str | Path) -> BackboneSpec:
-    meta = load_checkpoint_file(path)[META_KEY]
+    meta = read_checkpoint_file(path).get(META_KEY) or {}
     solo = meta.get(SOLO_META)
     if not isinstance(solo, dict) or "backbone_kwargs" not in solo:
         raise UserError(f"{path} was not written by ssl_diffusion's solo-learn plugin (no "

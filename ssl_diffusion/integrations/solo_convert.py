@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ssl_diffusion.app.checkpoint import load_checkpoint_file
+from ssl_diffusion.app.checkpoint import read_checkpoint_file
 from ssl_diffusion.app.cli import run_cli
 from ssl_diffusion.app.loading import load_method
 from ssl_diffusion.atomic import atomic_write
@@ -51,8 +51,8 @@ def convert_solo_checkpoint(src: str | Path, dst: str | Path,
                             overrides: Sequence[str] = ()) -> ConvertedCheckpoint:
     """Write ``dst`` in this project's format from the solo-learn checkpoint ``src``."""
     src, dst = Path(src), Path(dst)
-    ckpt = load_checkpoint_file(src)
-    meta = dict(ckpt[META_KEY])
+    ckpt = read_checkpoint_file(src)
+    meta = dict(ckpt.get(META_KEY) or {})
     solo = meta.pop(SOLO_META, None)
     if solo is None:
         raise UserError(f"{src} was not written by ssl_diffusion's solo-learn plugin (no "
