@@ -30,19 +30,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ssl_diffusion.app import evaluate  # noqa: E402
-from ssl_diffusion.app.generation import (  # noqa: E402
+from ssl_diffusion.app import evaluate
+from ssl_diffusion.app.generation import (
     GRID_MAX,
     GRID_MIN_WIDTH,
     class_labels_for,
     generate_uint8,
     layered_sampler_config,
 )
-from ssl_diffusion.app.image_files import save_grid  # noqa: E402
-from ssl_diffusion.app.loading import load_method  # noqa: E402
-from ssl_diffusion.app.pretrain import pretrain  # noqa: E402
-from ssl_diffusion.config import load_config  # noqa: E402
-from tests.helpers_imagefolder import export_fashion_mnist  # noqa: E402
+from ssl_diffusion.app.image_files import save_grid
+from ssl_diffusion.app.loading import load_method
+from ssl_diffusion.app.pretrain import pretrain
+from ssl_diffusion.config import load_config
+from tests.helpers_imagefolder import export_fashion_mnist
 
 COMMON = ["data.name=imagefolder", "data.num_workers=0", "logger.wandb.enabled=false",
           "trainer.progress_bar=false", "eval.every_n_epochs=100000"]
