@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,23 @@ def test_converted_checkpoint_samples_and_matches_solo_features(pretrained, tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     grid = Image.open(out.path.parent / "samples.png")
     assert min(grid.size) >= 16
+    # the project's other checkpoint tools on the converted file: FID (stand-in Inception),
+    # kNN and the layer x noise sweep each store their entry in the run's metrics.json
+    from tests.generation.helpers import save_stand_in
+
+    weights = save_stand_in(tmp_path / "standin.pt")
+    knn = ["eval.knn.k=[3,5]", "eval.knn.report_k=5"]
+    for script, args in (
+        ("main_sample.py", ["--n", "4", "--steps", "2", "--fid", "--ref-n", "4",
+                            f"eval.fid.weights={weights}", f"eval.fid.cache_dir={tmp_path}/fid"]),
+        ("main_knn.py", knn),
+        ("main_sweep.py", ["--layers", "block0,block1", "--noises", "0.05", *knn]),
+    ):
+        proc = subprocess.run([sys.executable, str(ROOT / script), "--ckpt", str(out.path),
+                               "--quiet", *args], check=False, cwd=ROOT, capture_output=True,
+                              text=True, timeout=1200)
+        assert proc.returncode == 0, f"{script}: {proc.stderr[-2000:]}"
+    metrics = json.loads((out.path.parent / "metrics.json").read_text())
+    assert metrics["fid"]["n_gen"] == 4 and metrics["fid"]["fid"] >= 0
+    assert 0 <= metrics["knn"]["test_top1"] <= 100
+    assert metrics["sweep"]["chosen"]["layer"] in ("block0", "block1")
