@@ -4,7 +4,8 @@
     python main_extract_latents.py --images /data/imagenet/train --out latents/in256/train \
         --vae stabilityai/sd-vae-ft-ema --flip
     python main_extract_latents.py --images /data/imagenet/val --out latents/in256/val
-    torchrun --nproc_per_node 8 main_extract_latents.py ...     # one shard stream per GPU
+    python main_extract_latents.py --devices 8 ...      # one shard stream per GPU (Lightning
+                                                        # Fabric DDP; torchrun / SLURM work too)
 
 ADM centre crop to --image-size, posterior mean of the VAE (model.vae.*), optional horizontal-
 flip copy, float16 shards of --shard-size images plus per-channel statistics. Run the same
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="images per VAE call")
     parser.add_argument("--workers", type=int, default=4, help="image-decoding processes")
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="processes per node, one device each (as trainer.devices)")
+    parser.add_argument("--num-nodes", type=int, default=1, help="as trainer.num_nodes")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -41,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ssl_diffusion.app.latent_extraction import dist_rank_world, extract_latents
+    from ssl_diffusion.app.latent_extraction import extract_latents, launch
+    from ssl_diffusion.errors import UserError
     from ssl_diffusion.models.config import VAEConfig
     from ssl_diffusion.models.vae import load_vae
 
@@ -50,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.vae is not None:
         cfg.path = args.vae
     check_device(args.device)
-    rank, world, barrier = dist_rank_world()
+    if args.devices < 1 or args.num_nodes < 1:
+        raise UserError(f"--devices {args.devices} and --num-nodes {args.num_nodes} must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and world > 1:
-        device = f"cuda:{rank % max(torch.cuda.device_count(), 1)}"
-    vae = load_vae(cfg, device=device)
+    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    run = launch(args.devices, accelerator, args.num_nodes)
+    rank, world, barrier = run.rank, run.world, run.barrier
+    vae = load_vae(cfg, device=str(run.device) if accelerator == "gpu" else device)
     bar = tqdm(unit="img", desc=f"encoding (rank {rank}/{world})", dynamic_ncols=True,
                disable=args.quiet)
     try:

@@ -4,7 +4,8 @@
 every shard goes to a temporary file that is renamed when complete, so after an interruption
 the finished shards are kept, a partial shard (temporary file) is deleted and redone, and the
 result is the same bytes as an uninterrupted run (shards are encoded in fixed batches, so a
-redone shard sees exactly the batches it would have seen). Several processes (``torchrun``):
+redone shard sees exactly the batches it would have seen). Several processes (``--devices N``,
+``torchrun`` or SLURM, through Lightning Fabric as training uses it):
 rank r encodes shards r, r + W, ...; the statistics are computed once every shard exists.
 See ``data/latents.py`` for the format.
 """
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from lightning_fabric import Fabric
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_diffusion.atomic import AtomicFile, atomic_write
@@ -173,16 +174,26 @@ def _encode_shard(samples: list[tuple[Path, int]], k: int, manifest: LatentManif
         np.save(f, latents)  # the rename of this file marks the shard finished
 
 
-def dist_rank_world() -> tuple[int, int, Callable[[], None] | None]:
-    """(rank, world, barrier) under ``torchrun`` (RANK / WORLD_SIZE set), else (0, 1, None)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    import torch.distributed as dist
+@dataclass
+class Launched:
+    """This process's place in a (possibly multi-process) extraction."""
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dist.barrier
+    rank: int
+    world: int
+    barrier: Callable[[], None] | None  # None on one process
+    device: torch.device
 
 
-__all__ = ["ExtractionResult", "dist_rank_world", "extract_latents"]
+def launch(devices: int = 1, accelerator: str = "auto", num_nodes: int = 1) -> Launched:
+    """Start ``devices x num_nodes`` processes with Lightning Fabric -- the distributed engine
+    under the training Trainer (the same DDP strategy, launcher and cluster detection: plain
+    ``--devices N``, ``torchrun`` and SLURM all work) -- and return this process's rank."""
+    world = devices * num_nodes
+    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                    strategy="ddp" if world > 1 else "auto")
+    fabric.launch()
+    return Launched(fabric.global_rank, fabric.world_size,
+                    fabric.barrier if fabric.world_size > 1 else None, fabric.device)
+
+
+__all__ = ["ExtractionResult", "Launched", "extract_latents", "launch"]

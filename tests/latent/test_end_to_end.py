@@ -202,3 +202,27 @@ def test_cli_bad_inputs_are_one_line_errors(latents, tmp_path):
                       "--out", str(tmp_path / "x"), "--vae", str(root / "vae"), "--device", "cpu",
                       cwd=tmp_path, timeout=600)
     assert proc.returncode == 2 and "image folder not found" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_extraction_on_two_processes_writes_the_same_shards(latents, tmp_path):
+    """``--devices 2`` launches two processes with Lightning Fabric (gloo on CPU), the engine
+    under training; they share the shards and write byte-identical files to the library call's
+    single-process extraction."""
+    from tests.conftest import run_script
+
+    root, _ = latents
+    out = tmp_path / "two"
+    proc = run_script("main_extract_latents", "--images", str(root / "images" / "train"),
+                      "--out", str(out), "--vae", str(root / "vae"), "--device", "cpu",
+                      "--devices", "2", "--image-size", str(SIZE), "--flip", "--shard-size", "8",
+                      "--batch-size", "4", "--workers", "0", "--quiet", cwd=tmp_path,
+                      timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref = root / "latents" / "train"
+    names = sorted(p.name for p in ref.iterdir() if p.suffix == ".npy")
+    assert names and names == sorted(p.name for p in out.iterdir() if p.suffix == ".npy")
+    for name in names:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    assert json.loads((out / "stats.json").read_text()) == json.loads(
+        (ref / "stats.json").read_text())
