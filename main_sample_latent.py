@@ -3,7 +3,7 @@
 
     python main_sample_latent.py --ckpt runs/ddaepp_dit-b_cond/last.ckpt --n 10000 \
         --ref VIRTUAL_imagenet256_labeled.npz --cfg 1.5 --fid-weights weights-inception-2015-12-05-6726825d.pth
-    torchrun --nproc_per_node 8 main_sample_latent.py --ckpt CKPT --n 50000 --ref REF.npz --npz
+    python main_sample_latent.py --devices 8 --ckpt CKPT --n 50000 --ref REF.npz --npz
 
 Image i is drawn from seed i (--seed-start + i) alone, so results do not depend on the batch
 size or the GPU count; class labels are seed mod 1000 for class-conditional models. Latents are
@@ -12,7 +12,7 @@ with (or --vae), then quantised to uint8; batches are streamed (never all in mem
 --ref (an ADM reference batch .npz), FID / KID / IS are merged into the run's metrics.json under
 `fid_latent` -> `<tag>`; IS needs torch-fidelity's Inception weights (--fid-weights; the offline
 TorchScript network has no classifier and the result then says so). --npz streams the images
-into an ADM-evaluator .npz (one per rank under torchrun).
+into an ADM-evaluator .npz (one per rank with --devices N).
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per sampling batch")
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="processes per node, one device each (Lightning Fabric, as training)")
+    p.add_argument("--num-nodes", type=int, default=1, help="as trainer.num_nodes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     return p
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         save_grid,
     )
     from ssl_diffusion.app.image_files import NpzWriter
-    from ssl_diffusion.app.latent_extraction import dist_rank_world
+    from ssl_diffusion.app.latent_extraction import launch
     from ssl_diffusion.app.latent_generation import AdmReference, DecodedGenerator, latent_fid
     from ssl_diffusion.app.loading import load_method
     from ssl_diffusion.app.run_dir import update_metrics
@@ -75,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--n {args.n} must be >= 1")
     check_device(args.device)
     ref = AdmReference(args.ref) if args.ref else None  # bad reference files fail before sampling
-    rank, world, barrier = dist_rank_world()
+    if args.devices < 1 or args.num_nodes < 1:
+        raise UserError(f"--devices {args.devices} and --num-nodes {args.num_nodes} must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and world > 1:
-        device = f"cuda:{rank % torch.cuda.device_count()}"
+    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    run = launch(args.devices, accelerator, args.num_nodes)  # torchrun / SLURM detected too
+    rank, world, barrier = run.rank, run.world, run.barrier
+    if accelerator == "gpu":
+        device = str(run.device)
     loaded = load_method(args.ckpt, list(args.overrides))
     method, cfg = loaded.method, loaded.cfg
     latent = loaded.info.latent or {}
