@@ -22,7 +22,6 @@ from ssl_diffusion.app.generation import (
     layered_sampler_config,
 )
 from ssl_diffusion.app.image_files import save_grid
-from ssl_diffusion.app.loading import load_method
 from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.config import Config
 
@@ -49,12 +48,11 @@ def run_demo(cfg: Config, recipe: str | Path, progress: bool = True) -> DemoResu
     """Pretrain ``cfg`` (or resume it), then evaluate, sample and summarise the run."""
     trained = pretrain(cfg, recipe)
     run_dir = Path(trained["run_dir"])
-    ckpt = run_dir / "last.ckpt"
-    knn = evaluate.run_knn(ckpt, progress=False)
-    linear = evaluate.run_linear(ckpt, progress=False)
+    loaded = evaluate.load(run_dir / "last.ckpt")  # once, for both evaluators and sampling
+    knn = evaluate.run_knn(loaded, progress=False)
+    linear = evaluate.run_linear(loaded, progress=False)
     raw = evaluate.raw_pixel_scores(cfg)
     result = DemoResult(run_dir, int(trained["steps"]))
-    loaded = load_method(ckpt)
     if loaded.method.generative:
         seeds = list(range(GRID_MAX))
         scfg = layered_sampler_config(loaded.cfg)

@@ -74,7 +74,7 @@ def store(run_dir: Path, key: str, entry: dict) -> None:
 
 
 def save_predictions(run_dir: Path, name: str, predictions: dict[str, np.ndarray],
-                     evals: dict[str, FeatureSet]) -> str | None:
+                     labels: dict[str, np.ndarray]) -> str | None:
     """``<run_dir>/predictions/<name>.npz``: per split the predicted and true class of every
     query, in split order (for paired tests such as McNemar's between two runs); rank 0 only."""
     if not is_rank_zero():
@@ -82,7 +82,7 @@ def save_predictions(run_dir: Path, name: str, predictions: dict[str, np.ndarray
     arrays = {}
     for split, pred in predictions.items():
         arrays[f"{split}_pred"] = np.asarray(pred, dtype=np.int64)
-        arrays[f"{split}_label"] = np.asarray(evals[split].labels, dtype=np.int64)
+        arrays[f"{split}_label"] = np.asarray(labels[split], dtype=np.int64)
     path = Path(run_dir) / "predictions" / f"{name}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
@@ -221,7 +221,8 @@ def _evaluate(kind: str, ckpt: Checkpoint, overrides: Sequence[str], splits: Seq
     entry = {**result, "protocol": protocol, "wall_time_s": round(time.time() - start, 2)}
     if write_metrics:
         run_dir = run_dir_of(loaded)
-        entry["predictions_file"] = save_predictions(run_dir, kind, predictions, evals)
+        entry["predictions_file"] = save_predictions(
+            run_dir, kind, predictions, {split: fs.labels for split, fs in evals.items()})
         store(run_dir, kind, entry)
     return entry
 
@@ -346,7 +347,8 @@ def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequen
             print(f"sweep: noise {noise:g} ({unit}): best val top-1 {best:.2f}% over "
                   f"{len(layers)} layers", flush=True)
 
-    chosen_predictions: dict[str, np.ndarray] = {}
+    chosen_predictions: dict[str, np.ndarray] = {}  # metric -> test predictions of the chosen cell
+    chosen_labels: dict[str, np.ndarray] = {}
 
     def test_of(cell: dict) -> dict:
         spec = FeatureSpec(cell["layer"], cell["sigma"], use_ema)
@@ -359,7 +361,7 @@ def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequen
                 res = linear_on_features(train, {"test": test}, n_cls, linear_cfg, ex.device)
             out[m] = {"test_top1": res["test_top1"], "test_top5": res["test_top5"]}
             chosen_predictions[m] = res["predictions"]["test"]
-        chosen_predictions["_labels"] = test.labels
+        chosen_labels.update({f"test_{m}": test.labels for m in chosen_predictions})
         return out
 
     chosen = sw.summarize(rows, select_by, test_of)
@@ -395,11 +397,9 @@ def run_sweep(ckpt: Checkpoint, overrides: Sequence[str] = (), *, layers: Sequen
         atomic_write(run_dir / "sweep.png", lambda f: f.write(png))
     entry["wall_time_s"] = round(time.time() - start, 2)
     if write_metrics:
-        labels = chosen_predictions.pop("_labels")
         files["predictions"] = save_predictions(
             run_dir, "sweep", {f"test_{m}": p for m, p in chosen_predictions.items()},
-            {f"test_{m}": FeatureSet(np.zeros((len(labels), 0), np.float32), labels)
-             for m in chosen_predictions})
+            chosen_labels)
         store(run_dir, "sweep", entry)
     return entry
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,6 @@ def write_config(cfg: Config, run_dir: Path) -> None:
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
 
-
-
 def pin_schedule(cfg: Config, recipe: str | Path | None) -> None:
     """Extending a run keeps its lr and teacher-momentum schedules as they were.
 
@@ -179,7 +178,7 @@ def pin_schedule(cfg: Config, recipe: str | Path | None) -> None:
     (and saved in config.yaml), so the steps already taken keep their meaning and the extra
     steps run at the schedules' final values. Runs every rank (reads, never writes).
     """
-    run_dir = Path(cfg.run.root) / run_name(cfg, recipe)
+    run_dir = run_directory(cfg, recipe)
     t = cfg.trainer
     saved = run_dir / "config.yaml"
     if (t.schedule_steps is not None or cfg.run.overwrite or not cfg.run.resume
@@ -229,13 +228,19 @@ def read_metrics(run_dir: str | Path) -> dict:
     return data
 
 
+def _rewrite_metrics(run_dir: str | Path, change: Callable[[dict], dict]) -> dict:
+    """``metrics.json`` <- ``change(current)``, under its lock and atomically (concurrent
+    writers, evaluation CLIs or other runs, lose no key)."""
+    path = Path(run_dir) / "metrics.json"
+    with locked(path):
+        new = change(read_metrics(run_dir))
+        atomic_write_text(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+    return new
+
+
 def update_metrics(run_dir: Path, update: dict) -> dict:
     """Merge ``update`` into ``run_dir/metrics.json`` (nested keys merged, others kept)."""
-    path = Path(run_dir) / "metrics.json"
-    with locked(path):  # concurrent writers (evaluation CLIs, other runs) lose no key
-        merged = deep_merge(read_metrics(run_dir), update)
-        atomic_write_text(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    return merged
+    return _rewrite_metrics(run_dir, lambda current: deep_merge(current, update))
 
 
 def store_metrics_entry(run_dir: str | Path, key: str, entry: dict) -> None:
@@ -244,8 +249,4 @@ def store_metrics_entry(run_dir: str | Path, key: str, entry: dict) -> None:
     Replaced rather than merged, so numbers of an earlier protocol (other k, other cells) never
     linger beside the new ones.
     """
-    with locked(Path(run_dir) / "metrics.json"):  # concurrent evaluations lose no key
-        current = read_metrics(run_dir)
-        current[key] = entry
-        atomic_write_text(Path(run_dir) / "metrics.json",
-                          json.dumps(current, indent=2, sort_keys=True) + "\n")
+    _rewrite_metrics(run_dir, lambda current: {**current, key: entry})
