@@ -262,3 +262,19 @@ def test_resolved_config_is_saved_in_the_run_directory(trained_run):
     saved = Path(run["run_dir"]) / "config.yaml"
     assert saved.is_file()
     assert load_config(saved) == run["cfg"]
+
+
+def test_the_digits_fragment_leaves_a_users_image_size_alone(tmp_path):
+    """A recipe on ``data/digits`` pointed at a folder keeps the folder's size (no hidden 16 px);
+    the quickstart recipes resize on purpose, and say so in their own body."""
+    (tmp_path / "configs" / "data").mkdir(parents=True)
+    fragment = ROOT / "configs" / "data" / "digits.yaml"
+    (tmp_path / "configs" / "data" / "digits.yaml").write_text(fragment.read_text())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("defaults: [data/digits]\ntrainer: {max_steps: 1}\n")
+    assert load_config(recipe, ["data.name=imagefolder", "data.root=x"]).data.image_size is None
+    for name in ("quickstart.yaml", "quickstart_ddaepp.yaml"):
+        cfg = load_config(ROOT / "recipes" / name, ["data.name=imagefolder", "data.root=x"])
+        assert cfg.data.image_size == 16
+        assert "image_size" in yaml.safe_load((ROOT / "recipes" / name).read_text())["data"]
+        assert load_config(ROOT / "recipes" / name, ["data.image_size=null"]).data.image_size is None
