@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from ssl_diffusion.app.checkpoint import load_checkpoint_file
 from ssl_diffusion.app.cli import run_cli
 from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.config import load_config
 from tests.conftest import TINY
+from tests.helpers_checkpoints import assert_same_checkpoints
 
 STEPS = 12  # 3 epochs of 4 batches
 ARGS = [*TINY, "method=simclr", "trainer.max_steps=12", "trainer.last_ckpt_every_n_steps=2",
@@ -110,16 +110,6 @@ def _rows(run_dir: Path) -> list[int]:
         return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
-def _flat(obj, prefix: str = "") -> dict[str, torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return {prefix: obj}
-    out: dict[str, torch.Tensor] = {}
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else []
-    for k, v in items:
-        out.update(_flat(v, f"{prefix}/{k}"))
-    return out
-
-
 @pytest.mark.slow
 def test_hard_kills_during_writes_lose_nothing(tmp_path, main_pretrain):
     rng = random.Random(int(os.environ.get("FAULT_SEED", "0")))
@@ -144,13 +134,8 @@ def test_hard_kills_during_writes_lose_nothing(tmp_path, main_pretrain):
         assert code in expected, (mode, k, code)
     assert _wait(_start(faulty, "none", 0, main_pretrain)) == 0
 
-    a, b = load_checkpoint_file(unbroken / "runs" / "r" / "last.ckpt"), load_checkpoint_file(run_dir / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == STEPS
-    for entry in ("state_dict", "optimizer_states"):
-        ta, tb = _flat(a[entry]), _flat(b[entry])
-        assert ta.keys() == tb.keys()
-        differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
-        assert not differ, f"{entry}: {len(differ)} tensors differ after the kills {faults}"
+    assert_same_checkpoints(unbroken / "runs" / "r" / "last.ckpt", run_dir / "last.ckpt", STEPS,
+                            context=f" after the kills {faults}")
     assert _rows(run_dir) == list(range(STEPS)), f"rows after the kills {faults}"
     assert _rows(unbroken / "runs" / "r") == list(range(STEPS))
     assert not list(run_dir.glob(".*.tmp"))  # the final run removed the killed writes' leftovers

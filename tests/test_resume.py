@@ -21,6 +21,7 @@ from ssl_diffusion.app.checkpoint import load_checkpoint_file
 from ssl_diffusion.app.signals import RunInterrupted
 from ssl_diffusion.methods.base import warmup_cosine
 from tests.conftest import tiny_config
+from tests.helpers_checkpoints import assert_same_checkpoints, flat_tensors
 
 STEPS = 7
 BATCHES_PER_EPOCH = 4  # 40 fake images, 10% val -> 36 train, batch 8, drop_last
@@ -52,28 +53,8 @@ class CrashBeforeStep(pl.Callback):
             raise SimulatedCrash(f"simulated crash before step {self.step + 1}")
 
 
-def _flat_tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor in a nested checkpoint entry, keyed by its path."""
-    out = {}
-    if isinstance(obj, torch.Tensor):
-        out[prefix] = obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(_flat_tensors(v, f"{prefix}/{k}"))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            out.update(_flat_tensors(v, f"{prefix}/{i}"))
-    return out
-
-
 def _assert_same_state(a: Path, b: Path) -> None:
-    ca, cb = load_checkpoint_file(a), load_checkpoint_file(b)
-    assert ca["global_step"] == cb["global_step"] == STEPS
-    for entry in ("state_dict", "optimizer_states"):
-        ta, tb = _flat_tensors(ca[entry]), _flat_tensors(cb[entry])
-        assert ta.keys() == tb.keys()
-        differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
-        assert not differ, f"{entry}: {len(differ)}/{len(ta)} tensors differ, e.g. {differ[:5]}"
+    assert_same_checkpoints(a, b, STEPS)
 
 
 def _run(
@@ -190,7 +171,7 @@ def _digest(obj) -> str:
     import hashlib
 
     h = hashlib.sha1()
-    for key, t in sorted(_flat_tensors(obj).items()):
+    for key, t in sorted(flat_tensors(obj).items()):
         h.update(key.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -229,14 +210,9 @@ def _invoke(root: Path, method: str, max_steps: int, monkeypatch, recorder: Batc
 
 
 def _assert_same_full_state(a: Path, b: Path, steps: int) -> None:
-    ca, cb = load_checkpoint_file(a), load_checkpoint_file(b)
-    assert ca["global_step"] == cb["global_step"] == steps
+    ca, cb = assert_same_checkpoints(a, b, steps,
+                                     entries=("state_dict", "optimizer_states", "lr_schedulers"))
     assert ca["epoch"] == cb["epoch"]
-    for entry in ("state_dict", "optimizer_states", "lr_schedulers"):
-        ta, tb = _flat_tensors(ca[entry]), _flat_tensors(cb[entry])
-        assert ta.keys() == tb.keys()
-        differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
-        assert not differ, f"{entry}: {len(differ)}/{len(ta)} tensors differ, e.g. {differ[:5]}"
     assert ca["lr_schedulers"] == cb["lr_schedulers"]
 
 
