@@ -47,15 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ssl_diffusion.app import evaluate
-from ssl_diffusion.app.generation import (
-    GRID_MAX,
-    GRID_MIN_WIDTH,
-    class_labels_for,
-    generate_uint8,
-    layered_sampler_config,
-    run_fid_from_checkpoint,
-)
-from ssl_diffusion.app.image_files import save_grid
+from ssl_diffusion.app.generation import run_fid_from_checkpoint, write_sample_grid
 from ssl_diffusion.app.loading import load_method
 from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.config import load_config
@@ -86,12 +78,7 @@ def knn(run_dir: Path) -> dict:
 
 def samples(run_dir: Path) -> Path:
     loaded = load_method(run_dir / "last.ckpt")
-    seeds = list(range(GRID_MAX))
-    scfg = layered_sampler_config(loaded.cfg)
-    images = torch.cat(list(generate_uint8(
-        loaded.method, seeds, scfg, class_labels=class_labels_for(loaded.method, seeds, None),
-        progress=False)))
-    return save_grid(images, run_dir / "samples.png", min_width=GRID_MIN_WIDTH)
+    return write_sample_grid(loaded.method, loaded.cfg, run_dir / "samples.png", progress=False)
 
 
 def kid(run_dir: Path, n: int, ref_n: int, cache_dir: Path) -> dict:

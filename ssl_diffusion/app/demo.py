@@ -11,17 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ssl_diffusion.app import evaluate
-from ssl_diffusion.app.generation import (
-    GRID_MAX,
-    GRID_MIN_WIDTH,
-    class_labels_for,
-    generate_uint8,
-    layered_sampler_config,
-)
-from ssl_diffusion.app.image_files import save_grid
+from ssl_diffusion.app.generation import GRID_MAX, layered_sampler_config, write_sample_grid
 from ssl_diffusion.app.pretrain import pretrain
 from ssl_diffusion.config import Config
 
@@ -54,12 +45,8 @@ def run_demo(cfg: Config, recipe: str | Path, progress: bool = True) -> DemoResu
     raw = evaluate.raw_pixel_scores(cfg)
     result = DemoResult(run_dir, int(trained["steps"]))
     if loaded.method.generative:
-        seeds = list(range(GRID_MAX))
-        scfg = layered_sampler_config(loaded.cfg)
-        images = torch.cat(list(generate_uint8(
-            loaded.method, seeds, scfg, class_labels=class_labels_for(loaded.method, seeds, None),
-            progress=progress)))
-        result.samples = save_grid(images, run_dir / "samples.png", min_width=GRID_MIN_WIDTH)
+        result.samples = write_sample_grid(loaded.method, loaded.cfg, run_dir / "samples.png",
+                                           progress=progress)
     name = f"{cfg.method} on {cfg.data.name}, {result.steps} steps"
     result.lines = [
         f"{run_dir.name}: {name} ({trained['train_wall_time_s']:.0f} s of training)",
@@ -68,6 +55,7 @@ def run_demo(cfg: Config, recipe: str | Path, progress: bool = True) -> DemoResu
          f"{_pct(raw['linear_top1'])}"),
     ]
     if result.samples is not None:
+        scfg = layered_sampler_config(loaded.cfg)  # the sampler write_sample_grid used
         result.lines.append(f"  samples              {result.samples} ({GRID_MAX} images, "
                             f"{scfg.sampler} {scfg.steps} steps, EMA weights)")
     result.lines.append(f"  {RESULTS_NOTE}")

@@ -357,6 +357,17 @@ def generation_protocol(method: SSLMethod, seeds: Sequence[int], sampler_cfg: Sa
     }
 
 
+def write_sample_grid(method: SSLMethod, cfg: Config, path: str | Path,
+                      progress: bool = True) -> Path:
+    """``samples.png``: GRID_MAX images from seeds 0.. with ``cfg``'s sampler (EMA weights unless
+    the method says otherwise), enlarged to at least GRID_MIN_WIDTH pixels."""
+    seeds = list(range(GRID_MAX))
+    images = torch.cat(list(generate_uint8(  # (GRID_MAX, C, H, W) uint8
+        method, seeds, layered_sampler_config(cfg),
+        class_labels=class_labels_for(method, seeds, None), progress=progress)))
+    return save_grid(images, path, min_width=GRID_MIN_WIDTH)
+
+
 def run_fid(method: SSLMethod, cfg: Config, run_dir: str | Path | None, n: int,
             sampler_cfg: SamplerConfig, *, seeds: Sequence[int] | None = None,
             batch_size: int = 64, use_ema: bool = True, class_labels: Tensor | None = None,
@@ -435,4 +446,5 @@ __all__ = [
     "save_npz",
     "save_png_folder",
     "to_uint8",
+    "write_sample_grid",
 ]
