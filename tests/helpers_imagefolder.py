@@ -1,4 +1,5 @@
-"""Export a class-balanced Fashion-MNIST subset as an ImageFolder (``train/`` and ``val/``).
+"""ImageFolders for tests (``train/`` and ``val/``): a class-balanced Fashion-MNIST export, and a
+synthetic PNG folder that needs no data (``make_png_folder``).
 
 The layout is the one ``data.name=imagefolder`` reads (ssl_diffusion/data/imagefolder.py):
 ``<root>/train/<class>/*.png`` and ``<root>/val/<class>/*.png``, 28 px grey PNGs. ``train/``
@@ -68,3 +69,24 @@ def export_fashion_mnist(out: Path, n_train: int = 2000, n_val: int = 500,
             Image.fromarray(images[idx], mode="L").save(folder / f"{idx:05d}.png")
     per_train, per_val = n_train // len(classes), n_val // len(classes)
     return ExportedFolder(out, classes, per_train * len(classes), per_val * len(classes))
+
+
+def make_png_folder(root: Path, classes: int = 5, train_per_class: int = 8, val_per_class: int = 3,
+                    size: int = 16, seed: int = 0) -> Path:
+    """root/train/<class>/*.png and root/val/<class>/*.png: class k is a bright square at a
+    class-specific place and colour on a noisy background, so neighbours of the same class are
+    the nearest ones (a kNN has something to find)."""
+    rng = np.random.default_rng(seed)
+    half = size // 2
+    corners = [(0, 0), (0, half), (half, 0), (half, half), (half // 2, half // 2)]
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for k in range(classes):
+            folder = root / split / f"class{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)  # (H, W, 3)
+                r, c = corners[k % len(corners)]
+                colour = np.array([255 * (k % 2), 255 * ((k // 2) % 2), 200], dtype=np.uint8)
+                img[r:r + half, c:c + half] = colour
+                Image.fromarray(img).save(folder / f"{i}.png")
+    return root

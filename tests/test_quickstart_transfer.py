@@ -16,30 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from PIL import Image
 
 from benchmarks import quickstart_transfer as qt
 from ssl_diffusion.app.loading import load_method
+from tests.helpers_imagefolder import make_png_folder
 
 pytestmark = pytest.mark.slow
 
 
-def synthetic_folder(root: Path, classes: int = 4, n_train: int = 60, n_val: int = 10) -> Path:
-    """28 px grey PNGs: a bright vertical band whose position is the class, on noise."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (28, 28)).astype(np.uint8)  # (28, 28)
-                img[:, 7 * c: 7 * c + 7] += 150
-                Image.fromarray(img, "L").save(folder / f"{i}.png")
-    return root
-
-
 def test_benchmark_budget_gaps_pooled_interval_and_resume(tmp_path, capsys):
-    synthetic_folder(tmp_path / "fashion_mnist_folder")
+    make_png_folder(tmp_path / "fashion_mnist_folder", classes=4, train_per_class=60,
+                    val_per_class=10, size=28)
     args = ["--out", str(tmp_path), "--seeds", "0", "1", "--simclr", "trainer.max_steps=2",
             "--ddaepp", "trainer.max_steps=3"]
     assert qt.main(args) == 0

@@ -1,5 +1,5 @@
-"""Helpers of the solo-learn plugin tests: where the solo-learn snapshot is, a synthetic PNG
-folder, and solo's scripts run in a subprocess on CPU."""
+"""Helpers of the solo-learn plugin tests: where the solo-learn snapshot is, and solo's scripts
+run in a subprocess on CPU (the synthetic PNG folder is ``tests.helpers_imagefolder``'s)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "solo"
@@ -20,27 +17,6 @@ def solo_snapshot() -> Path | None:
     shared = Path(os.environ.get("SSL_DIFFUSION_SHARED", ROOT.parent / "shared"))
     path = shared / "vendor" / "solo-learn"
     return path if (path / "main_pretrain.py").is_file() else None
-
-
-def make_png_folder(root: Path, classes: int = 5, train_per_class: int = 8, val_per_class: int = 3,
-                    size: int = 16, seed: int = 0) -> Path:
-    """root/train/<class>/*.png and root/val/<class>/*.png: class k is a bright square at a
-    class-specific place and colour on a noisy background, so neighbours of the same class are
-    the nearest ones (a kNN has something to find)."""
-    rng = np.random.default_rng(seed)
-    half = size // 2
-    corners = [(0, 0), (0, half), (half, 0), (half, half), (half // 2, half // 2)]
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for k in range(classes):
-            folder = root / split / f"class{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)  # (H, W, 3)
-                r, c = corners[k % len(corners)]
-                colour = np.array([255 * (k % 2), 255 * ((k // 2) % 2), 200], dtype=np.uint8)
-                img[r:r + half, c:c + half] = colour
-                Image.fromarray(img).save(folder / f"{i}.png")
-    return root
 
 
 def run_solo(script: str, config: str, cwd: Path, *overrides: str, timeout: int = 1200) -> str:

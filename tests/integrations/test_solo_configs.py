@@ -7,7 +7,8 @@ import importlib.util
 
 import pytest
 
-from tests.integrations.solo_helpers import CONFIGS, make_png_folder
+from tests.helpers_imagefolder import make_png_folder
+from tests.integrations.solo_helpers import CONFIGS
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("solo") is None,
                                 reason="solo-learn not installed (.ci/run installs the snapshot)")

@@ -21,7 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.integrations.solo_helpers import ROOT, make_png_folder, run_solo, solo_snapshot
+from tests.helpers_imagefolder import make_png_folder
+from tests.integrations.solo_helpers import ROOT, run_solo, solo_snapshot
 
 pytestmark = [
     pytest.mark.slow,
